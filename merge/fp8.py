@@ -1,0 +1,61 @@
+"""Block-FP8 weights as DeepSeek-V3 stores them, and the arithmetic the merge does on them.
+
+Layout. A quantized linear weight `W` of shape [rows, cols] is stored as two tensors:
+  - `<name>.weight`            float8_e4m3fn [rows, cols]
+  - `<name>.weight_scale_inv`  float32 [ceil(rows/128), ceil(cols/128)]
+Block (i, j) covers rows 128*i .. 128*i+127 and cols 128*j .. 128*j+127; edge blocks are simply smaller
+(kv_a_proj_with_mqa [576, 7168] has scales [5, 56]). Despite its name, `weight_scale_inv` *multiplies*:
+dequantized = fp8 value x its block's scale. DeepSeek's quantizer picks scale = block amax / 448 (448 is
+the largest finite e4m3 value), so every block uses the full FP8 range.
+
+The merge. Parents are dequantized to float32, interpolated there (never in bf16 or fp8, so rounding
+happens once), and an FP8 child is requantized with fresh per-block scales: the parents' scales cannot be
+reused because the interpolated block has a different amax. bf16 tensors (norms, router, embeddings) never
+touch this module. Everything here is a pure function on tensors, on whatever device they live on.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
+BLOCK = 128
+
+
+def scale_shape(shape: tuple[int, ...] | torch.Size, block: int = BLOCK) -> tuple[int, int]:
+    """Shape of the `weight_scale_inv` for a 2-D weight of `shape`: ceil(rows/block) x ceil(cols/block)."""
+    rows, cols = shape
+    return (-(-rows // block), -(-cols // block))
+
+
+def _expand(scale: torch.Tensor, rows: int, cols: int, block: int) -> torch.Tensor:
+    """[rb, cb] block scales -> [rows, cols], cropping the padded edge blocks."""
+    return scale.repeat_interleave(block, dim=0)[:rows].repeat_interleave(block, dim=1)[:, :cols]
+
+
+def dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """FP8 weight [rows, cols] and its block scales -> float32 [rows, cols]."""
+    rows, cols = weight.shape
+    if tuple(scale_inv.shape) != scale_shape((rows, cols), block):
+        raise ValueError(
+            f"scale shape {tuple(scale_inv.shape)} does not fit weight {tuple(weight.shape)} "
+            f"with {block}x{block} blocks (expected {scale_shape((rows, cols), block)})"
+        )
+    return weight.to(torch.float32) * _expand(scale_inv.to(torch.float32), rows, cols, block)
+
+
+def quantize(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """float weight [rows, cols] -> (float8_e4m3fn [rows, cols], float32 scale_inv [rb, cb]).
+
+    scale = block amax / 448; an all-zero block gets scale 1.0 (any positive scale reproduces zeros,
+    and loaders check that scales are positive).
+    """
+    rows, cols = weight.shape
+    rb, cb = scale_shape((rows, cols), block)
+    w = weight.to(torch.float32)
+    padded = torch.nn.functional.pad(w, (0, cb * block - cols, 0, rb * block - rows))
+    amax = padded.view(rb, block, cb, block).abs().amax(dim=(1, 3))  # [rb, cb]
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    q = (w / _expand(scale, rows, cols, block)).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale
