@@ -68,14 +68,20 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     with path.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes); re-download or rebuild it")
+            raise CheckpointError(
+                f"{path}: truncated safetensors file ({size} bytes); re-download or rebuild it"
+            )
         (n,) = struct.unpack("<Q", head)
         if n > MAX_HEADER_BYTES or 8 + n > size:
-            raise CheckpointError(f"{path}: corrupt safetensors header (length {n}, file {size} bytes); re-download it")
+            raise CheckpointError(
+                f"{path}: corrupt safetensors header (length {n}, file {size} bytes); re-download it"
+            )
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e}); re-download it") from None
+            raise CheckpointError(
+                f"{path}: safetensors header is not valid JSON ({e}); re-download it"
+            ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object; re-download it")
     meta = header.pop("__metadata__", None) or {}
@@ -85,14 +91,18 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         try:
             dtype, shape, (a, b) = h["dtype"], tuple(int(x) for x in h["shape"]), h["data_offsets"]
         except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: malformed header entry for tensor {name!r}; re-download it") from None
+            raise CheckpointError(
+                f"{path}: malformed header entry for tensor {name!r}; re-download it"
+            ) from None
         if dtype not in DTYPES:
             raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
         numel = 1
         for d in shape:
             numel *= d
         if b - a != numel * DTYPES[dtype][1] or a < 0:
-            raise CheckpointError(f"{path}: tensor {name!r} byte range {a}..{b} does not match {dtype}{list(shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} byte range {a}..{b} does not match {dtype}{list(shape)}"
+            )
         if base + b > size:
             raise CheckpointError(
                 f"{path}: truncated: tensor {name!r} ends at byte {base + b} but the file has {size}; re-download it"
@@ -114,7 +124,9 @@ class Checkpoint:
     def open(cls, root: str | os.PathLike[str]) -> Checkpoint:
         root = Path(root)
         if not root.is_dir():
-            raise CheckpointError(f"{root}: not a directory; give a checkpoint directory with *.safetensors files")
+            raise CheckpointError(
+                f"{root}: not a directory; give a checkpoint directory with *.safetensors files"
+            )
         index_path = root / INDEX_NAME
         index: dict[str, Any] | None = None
         if index_path.exists():
@@ -122,11 +134,15 @@ class Checkpoint:
                 index = json.loads(index_path.read_text())
                 weight_map: dict[str, str] = index["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise CheckpointError(f"{index_path}: not a valid index (needs a 'weight_map'); regenerate it") from None
+                raise CheckpointError(
+                    f"{index_path}: not a valid index (needs a 'weight_map'); regenerate it"
+                ) from None
             shards = sorted(set(weight_map.values()))
             missing = [s for s in shards if not (root / s).is_file()]
             if missing:
-                raise CheckpointError(f"{root}: shard {missing[0]} named in {INDEX_NAME} is missing; download it")
+                raise CheckpointError(
+                    f"{root}: shard {missing[0]} named in {INDEX_NAME} is missing; download it"
+                )
         else:
             shards = sorted(p.name for p in root.glob("*.safetensors"))
             if not shards:
@@ -137,14 +153,20 @@ class Checkpoint:
             infos, _ = read_header(root / shard)
             for name, info in infos.items():
                 if name in tensors:
-                    raise CheckpointError(f"{root}: tensor {name!r} appears in two shards ({tensors[name].shard.name}, {shard})")
+                    raise CheckpointError(
+                        f"{root}: tensor {name!r} appears in two shards ({tensors[name].shard.name}, {shard})"
+                    )
                 if index is not None and weight_map.get(name) != shard:
-                    raise CheckpointError(f"{root}: tensor {name!r} is in {shard} but {INDEX_NAME} says {weight_map.get(name)}")
+                    raise CheckpointError(
+                        f"{root}: tensor {name!r} is in {shard} but {INDEX_NAME} says {weight_map.get(name)}"
+                    )
                 tensors[name] = info
         if index is not None:
             absent = [n for n in weight_map if n not in tensors]
             if absent:
-                raise CheckpointError(f"{root}: tensor {absent[0]!r} is listed in {INDEX_NAME} but not in {weight_map[absent[0]]}")
+                raise CheckpointError(
+                    f"{root}: tensor {absent[0]!r} is listed in {INDEX_NAME} but not in {weight_map[absent[0]]}"
+                )
         return cls(root, tensors, index)
 
     @property

@@ -31,3 +31,7 @@ class VerifyError(CheckpointError):
 
 class OutputError(MergeError):
     """The output directory cannot be written: exists with another build, disk full, permissions."""
+
+
+class DeviceError(MergeError):
+    """The requested compute device is unavailable (e.g. --device cuda on a machine without CUDA)."""
