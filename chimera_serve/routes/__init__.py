@@ -1,0 +1,1 @@
+"""Thin routers, one per resource; each reaches the engine only through `app.state.server`."""

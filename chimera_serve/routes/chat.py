@@ -1,0 +1,214 @@
+"""POST /v1/chat/completions: one event generator serves streaming and non-streaming alike.
+
+`_events` turns engine deltas into per-choice (reasoning, content) pieces with a `ThinkSplitter` per
+choice; the SSE writer sends them as chunks, the non-streaming path collects them into one message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from chimera_serve.auth import require_api_key
+from chimera_serve.engine import TokenLogprob
+from chimera_serve.errors import BadRequestError, error_body, to_serve_error
+from chimera_serve.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChoiceLogprobs,
+    ChunkChoice,
+    ChunkDelta,
+    TokenLogprobOut,
+    TopLogprob,
+    make_usage,
+)
+from chimera_serve.reasoning import ThinkSplitter, prompt_opens_think
+from chimera_serve.sampling import build_sampling
+from chimera_serve.serving import EventStream, RequestRecord, Server, watch_disconnect
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+ENDPOINT = "/v1/chat/completions"
+
+
+@dataclass
+class _Piece:
+    """What one engine delta means for one choice."""
+
+    index: int
+    reasoning: str = ""
+    content: str = ""
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+def _logprobs_out(lps: list[TokenLogprob], top_n: int) -> ChoiceLogprobs:
+    def entry(tok: str, lp: float) -> TopLogprob:
+        return TopLogprob(token=tok, logprob=max(lp, -9999.0), bytes=list(tok.encode("utf-8")))
+
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprobOut(
+                **entry(t.token, t.logprob).model_dump(), top_logprobs=[entry(*x) for x in t.top[:top_n]]
+            )
+            for t in lps
+        ]
+    )
+
+
+async def _events(
+    srv: Server, rec: RequestRecord, req: ChatCompletionRequest, prompt: str, ids: list[int], params: object
+) -> AsyncIterator[_Piece | None]:
+    """Per-choice pieces (None = keepalive while queued); fills rec's tokens, outcome and finish reason."""
+    opened = prompt_opens_think(prompt)
+    splitters = [ThinkSplitter(prompt_opened=opened) for _ in range(req.n)]
+    output: list[str] = []
+    try:
+        async for d in srv.generate(rec, ids, params):
+            if d is None:
+                yield None
+                continue
+            sp = splitters[d.index]
+            reasoning, content = sp.feed(d.text, d.num_tokens)
+            if d.finish_reason is not None:
+                r2, c2 = sp.finish()
+                reasoning, content = reasoning + r2, content + c2
+            if srv.settings.log_prompts:
+                output.append(d.text)
+            yield _Piece(d.index, reasoning, content, d.finish_reason, d.logprobs)
+    finally:
+        rec.reasoning_tokens = sum(s.reasoning_tokens for s in splitters)
+        rec.outcome = splitters[0].outcome  # the think-tag metrics count responses: choice 0 stands for one
+        rec.output = "".join(output) if srv.settings.log_prompts else None
+
+
+def _sse(data: str) -> str:
+    return f"data: {data}\n\n"
+
+
+async def _stream(
+    srv: Server, rec: RequestRecord, req: ChatCompletionRequest, events: AsyncIterator[_Piece | None]
+) -> AsyncIterator[str]:
+    """SSE body: keepalive comments while queued, chunks, usage (if asked), [DONE]; errors as a frame."""
+    show = req.show_reasoning
+    started: set[int] = set()
+    top_n = req.top_logprobs or 0
+
+    def chunk(choices: list[ChunkChoice], usage: object = None) -> str:
+        body = ChatCompletionChunk(id=rec.request_id, model=rec.model, choices=choices, usage=usage)
+        return _sse(body.model_dump_json(exclude_none=True))
+
+    try:
+        async for p in events:
+            if p is None:
+                yield ": PROCESSING\n\n"
+                continue
+            delta = ChunkDelta(role=None if p.index in started else "assistant")
+            started.add(p.index)
+            if p.reasoning and show:
+                delta.reasoning_content = delta.reasoning = p.reasoning
+            if p.content:
+                delta.content = p.content
+            if delta.role is None and not (delta.content or delta.reasoning) and p.finish_reason is None:
+                continue
+            lps = _logprobs_out(p.logprobs, top_n) if req.logprobs and p.logprobs else None
+            yield chunk(
+                [ChunkChoice(index=p.index, delta=delta, finish_reason=p.finish_reason, logprobs=lps)]
+            )
+            if p.finish_reason is not None and p.index == 0:
+                rec.finish_reason = p.finish_reason
+        if req.include_usage:
+            yield chunk([], make_usage(rec.prompt_tokens, rec.completion_tokens, rec.reasoning_tokens))
+        yield _sse("[DONE]")
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away: the engine request is aborted
+        rec.status, rec.finish_reason = 499, "abort"
+        raise
+    except Exception as e:  # the status line is sent: report the error in the stream
+        err = to_serve_error(e)
+        rec.status, rec.finish_reason = err.status, rec.finish_reason or "error"
+        yield _sse(json.dumps(error_body(err)))
+    finally:
+        srv.finish(rec)
+
+
+async def _collect(
+    rec: RequestRecord, req: ChatCompletionRequest, events: AsyncIterator[_Piece | None]
+) -> ChatCompletion:
+    reasoning = [""] * req.n
+    content = [""] * req.n
+    finish: list[str | None] = [None] * req.n
+    lps: list[list[TokenLogprob]] = [[] for _ in range(req.n)]
+    async for p in events:
+        if p is None:
+            continue
+        reasoning[p.index] += p.reasoning
+        content[p.index] += p.content
+        lps[p.index] += p.logprobs
+        finish[p.index] = p.finish_reason or finish[p.index]
+    rec.finish_reason = finish[0]
+    show = req.show_reasoning and rec.outcome is not None
+    choices = []
+    for i in range(req.n):
+        r = reasoning[i] if show and reasoning[i] else None
+        msg = AssistantMessage(content=content[i], reasoning_content=r, reasoning=r)
+        lp = _logprobs_out(lps[i], req.top_logprobs or 0) if req.logprobs else None
+        choices.append(ChatChoice(index=i, message=msg, finish_reason=finish[i], logprobs=lp))
+    usage = make_usage(rec.prompt_tokens, rec.completion_tokens, rec.reasoning_tokens)
+    return ChatCompletion(id=rec.request_id, model=rec.model, choices=choices, usage=usage)
+
+
+@router.post(ENDPOINT, response_model=None)
+async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response | ChatCompletion:
+    srv: Server = request.app.state.server
+    srv.check_model(req.model)
+    # 1. Prompt: the chat template, then token ids (no tokenizer BOS on top of the template's).
+    thinking_off = req.reasoning is not None and req.reasoning.enabled is False
+    try:
+        prompt = srv.engine.render_chat(
+            req.template_messages(), {"thinking": False, "enable_thinking": False} if thinking_off else None
+        )
+    except ValueError as e:
+        raise BadRequestError(str(e), param="messages") from None
+    except Exception as e:  # a jinja error raised by the template on these messages
+        raise BadRequestError(f"the chat template rejected these messages: {e}", param="messages") from None
+    ids = srv.engine.encode(prompt)
+    # 2. Sampling: request values, model defaults, the token budget (400 if the prompt fills the context).
+    params = build_sampling(
+        req,
+        prompt_tokens=len(ids),
+        max_model_len=srv.engine.limits.max_model_len,
+        defaults=srv.engine.defaults,
+    )
+    # 3. Admission (429 / 503), then the engine.
+    rec = RequestRecord(
+        ENDPOINT, srv.settings.model_name, len(ids), prompt=prompt if srv.settings.log_prompts else None
+    )
+    srv.admit(rec)
+    events = _events(srv, rec, req, prompt, ids, params)
+    if req.stream:
+        return EventStream(_stream(srv, rec, req, events), srv, rec)
+    work = asyncio.ensure_future(_collect(rec, req, events))
+    watcher = asyncio.ensure_future(watch_disconnect(request, work))
+    try:
+        return await work
+    except asyncio.CancelledError:
+        rec.status, rec.finish_reason = 499, "abort"
+        if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # we are being cancelled
+            raise
+        return Response(status_code=499)  # the client left; nobody reads this
+    except Exception as e:
+        err = to_serve_error(e)
+        rec.status, rec.finish_reason = err.status, rec.finish_reason or "error"
+        err.counted = True  # type: ignore[attr-defined]
+        raise err from None
+    finally:
+        watcher.cancel()
+        await events.aclose()
+        srv.finish(rec)

@@ -1,0 +1,149 @@
+"""POST /v1/completions: a raw prompt (text or token ids), text out; no chat template, no reasoning split.
+
+The think-tag metrics still see the output (through a `ThinkSplitter`), so a raw-prompt client counts too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from chimera_serve.auth import require_api_key
+from chimera_serve.engine import TokenLogprob
+from chimera_serve.errors import BadRequestError, error_body, to_serve_error
+from chimera_serve.protocol import Completion, CompletionChoice, CompletionRequest, make_usage
+from chimera_serve.reasoning import ThinkSplitter, prompt_opens_think
+from chimera_serve.sampling import build_sampling
+from chimera_serve.serving import EventStream, RequestRecord, Server, watch_disconnect
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+ENDPOINT = "/v1/completions"
+
+
+def _logprobs(lps: list[TokenLogprob], top_n: int) -> dict[str, Any]:
+    return {
+        "tokens": [t.token for t in lps],
+        "token_logprobs": [t.logprob for t in lps],
+        "top_logprobs": [dict(t.top[:top_n]) for t in lps],
+    }
+
+
+async def _deltas(
+    srv: Server, rec: RequestRecord, prompt: str, ids: list[int], params: Any
+) -> AsyncIterator[Any]:
+    splitters: dict[int, ThinkSplitter] = {}
+    opened = prompt_opens_think(prompt)
+    try:
+        async for d in srv.generate(rec, ids, params):
+            if d is not None:
+                sp = splitters.setdefault(d.index, ThinkSplitter(prompt_opened=opened))
+                sp.feed(d.text, d.num_tokens)
+                if d.finish_reason is not None:
+                    sp.finish()
+                    if d.index == 0:
+                        rec.finish_reason = d.finish_reason
+            yield d
+    finally:
+        rec.reasoning_tokens = sum(s.reasoning_tokens for s in splitters.values())
+        rec.outcome = splitters[0].outcome if 0 in splitters else None
+
+
+async def _stream(
+    srv: Server, rec: RequestRecord, req: CompletionRequest, deltas: AsyncIterator[Any]
+) -> AsyncIterator[str]:
+    try:
+        async for d in deltas:
+            if d is None:
+                yield ": PROCESSING\n\n"
+                continue
+            lp = _logprobs(d.logprobs, req.logprobs or 0) if req.logprobs is not None else None
+            choice = CompletionChoice(index=d.index, text=d.text, finish_reason=d.finish_reason, logprobs=lp)
+            body = Completion(id=rec.request_id, model=rec.model, choices=[choice])
+            yield f"data: {body.model_dump_json(exclude_none=True)}\n\n"
+        if req.include_usage:
+            usage = make_usage(rec.prompt_tokens, rec.completion_tokens, rec.reasoning_tokens)
+            yield f"data: {Completion(id=rec.request_id, model=rec.model, choices=[], usage=usage).model_dump_json()}\n\n"
+        yield "data: [DONE]\n\n"
+    except (asyncio.CancelledError, GeneratorExit):
+        rec.status, rec.finish_reason = 499, "abort"
+        raise
+    except Exception as e:
+        err = to_serve_error(e)
+        rec.status, rec.finish_reason = err.status, rec.finish_reason or "error"
+        yield f"data: {json.dumps(error_body(err))}\n\n"
+    finally:
+        srv.finish(rec)
+
+
+async def _collect(rec: RequestRecord, req: CompletionRequest, deltas: AsyncIterator[Any]) -> Completion:
+    text = [""] * req.n
+    finish: list[str | None] = [None] * req.n
+    lps: list[list[TokenLogprob]] = [[] for _ in range(req.n)]
+    async for d in deltas:
+        if d is not None:
+            text[d.index] += d.text
+            lps[d.index] += d.logprobs
+            finish[d.index] = d.finish_reason or finish[d.index]
+    choices = [
+        CompletionChoice(
+            index=i,
+            text=text[i],
+            finish_reason=finish[i],
+            logprobs=_logprobs(lps[i], req.logprobs or 0) if req.logprobs is not None else None,
+        )
+        for i in range(req.n)
+    ]
+    usage = make_usage(rec.prompt_tokens, rec.completion_tokens, rec.reasoning_tokens)
+    return Completion(id=rec.request_id, model=rec.model, choices=choices, usage=usage)
+
+
+@router.post(ENDPOINT, response_model=None)
+async def completions(req: CompletionRequest, request: Request) -> Response | Completion:
+    srv: Server = request.app.state.server
+    srv.check_model(req.model)
+    if isinstance(req.prompt, str):
+        prompt, ids = req.prompt, srv.engine.encode(req.prompt, add_special_tokens=True)
+    else:
+        vocab = len(srv.engine.tokenizer)
+        if any(not 0 <= t < vocab for t in req.prompt):
+            raise BadRequestError(f"prompt token ids must lie in [0, {vocab})", param="prompt")
+        prompt, ids = srv.engine.decode(req.prompt), list(req.prompt)
+    if req.echo:
+        raise BadRequestError("echo is not supported", param="echo")
+    params = build_sampling(
+        req,
+        prompt_tokens=len(ids),
+        max_model_len=srv.engine.limits.max_model_len,
+        defaults=srv.engine.defaults,
+    )
+    rec = RequestRecord(
+        ENDPOINT, srv.settings.model_name, len(ids), prompt=prompt if srv.settings.log_prompts else None
+    )
+    rec.request_id = rec.request_id.replace("chatcmpl-", "cmpl-")
+    srv.admit(rec)
+    deltas = _deltas(srv, rec, prompt, ids, params)
+    if req.stream:
+        return EventStream(_stream(srv, rec, req, deltas), srv, rec)
+    work = asyncio.ensure_future(_collect(rec, req, deltas))
+    watcher = asyncio.ensure_future(watch_disconnect(request, work))
+    try:
+        return await work
+    except asyncio.CancelledError:
+        rec.status, rec.finish_reason = 499, "abort"
+        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise
+        return Response(status_code=499)
+    except Exception as e:
+        err = to_serve_error(e)
+        rec.status, rec.finish_reason = err.status, rec.finish_reason or "error"
+        err.counted = True  # type: ignore[attr-defined]
+        raise err from None
+    finally:
+        watcher.cancel()
+        await deltas.aclose()
+        srv.finish(rec)

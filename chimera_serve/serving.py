@@ -1,0 +1,225 @@
+"""One admitted request's life: admission, the engine stream, timing, metrics and its log line.
+
+Admission is a counter, not a queue of our own: up to `max_num_seqs` requests run and up to `max_queued`
+more wait in vLLM's scheduler; beyond that a request gets 429 with `Retry-After`, and while draining 503.
+While a request is queued, its first delta is awaited as a task with `asyncio.wait` (which never cancels
+it), yielding a `None` every `keepalive_interval_s` for SSE `: PROCESSING` comments; after that the
+engine's iterator is read directly, with nothing in between. The request timeout aborts the request in
+the engine (its stream then ends); closing the consumer (client gone, error) closes the engine's
+iterator, which aborts the engine request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from chimera_serve.config import ServeSettings
+from chimera_serve.engine import Delta, Engine
+from chimera_serve.errors import (
+    NotFoundError,
+    OverloadedError,
+    RequestTimeoutError,
+    ServeError,
+    UnavailableError,
+    to_serve_error,
+)
+from chimera_serve.metrics import ServerMetrics
+from chimera_serve.reasoning import ThinkOutcome
+
+access_log = logging.getLogger("chimera_serve.access")
+
+
+class Admission:
+    """Counts admitted requests against `capacity`; refuses all while draining."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_flight = 0
+        self.draining = False
+
+    def enter(self) -> None:
+        if self.draining:
+            raise UnavailableError("the server is shutting down; retry on another replica")
+        if self.in_flight >= self.capacity:
+            raise OverloadedError(f"the server is at capacity ({self.capacity} requests); retry shortly")
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+@dataclass
+class RequestRecord:
+    """Per-request facts for metrics and the log line (never shared between requests)."""
+
+    endpoint: str
+    model: str
+    prompt_tokens: int
+    request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    arrival: float = field(default_factory=time.monotonic)
+    status: int = 200
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    outcome: ThinkOutcome | None = None
+    ttft_s: float | None = None
+    prompt: str | None = None
+    output: str | None = None
+    finished: bool = False
+
+
+@dataclass
+class Server:
+    """Everything a route needs, kept on `app.state.server`."""
+
+    settings: ServeSettings
+    engine: Engine
+    metrics: ServerMetrics
+    admission: Admission
+
+    def admit(self, rec: RequestRecord) -> None:
+        try:
+            self.admission.enter()
+        except ServeError as e:
+            e.counted = True  # type: ignore[attr-defined]
+            self.metrics.request_rejected(endpoint=rec.endpoint, status=e.status)
+            raise
+        self.metrics.request_started()
+        self.metrics.queued(1)
+
+    async def generate(
+        self, rec: RequestRecord, prompt_ids: list[int], params: Any
+    ) -> AsyncIterator[Delta | None]:
+        """Engine deltas for an admitted request; `None` = still queued (keepalive tick).
+
+        Enforces the request timeout; the caller must call `finish(rec)` once, after this ends.
+        """
+        loop = asyncio.get_running_loop()
+        stream = self.engine.generate(rec.request_id, prompt_ids, params)
+        timed_out = False
+
+        def on_timeout() -> None:  # abort in the engine: its stream then ends with finish_reason "abort"
+            nonlocal timed_out
+            timed_out = True
+            aborts.add(asyncio.ensure_future(self.engine.abort(rec.request_id)))
+
+        aborts: set[asyncio.Future[None]] = set()
+        timer = loop.call_later(self.settings.request_timeout_s, on_timeout)
+        first = asyncio.ensure_future(stream.__anext__())
+        last = None
+        try:
+            # 1. Queued: wait for the first delta a keepalive tick at a time (asyncio.wait never cancels it).
+            while not (await asyncio.wait({first}, timeout=self.settings.keepalive_interval_s))[0]:
+                yield None
+            item = first.result()
+            # 2. Streaming: the engine's iterator directly, nothing in between (every hop costs throughput).
+            while True:
+                if timed_out:
+                    rec.finish_reason = "timeout"
+                    raise RequestTimeoutError(
+                        f"request exceeded the {self.settings.request_timeout_s:g} s timeout"
+                    )
+                now = time.monotonic()
+                if last is None:
+                    rec.ttft_s = now - rec.arrival
+                    self.metrics.queued(-1)
+                    self.metrics.record_first_token(rec.ttft_s)
+                self.metrics.record_tokens(item.num_tokens, None if last is None else now - last)
+                last = now
+                rec.completion_tokens += item.num_tokens
+                yield item
+                item = await stream.__anext__()
+        except StopAsyncIteration:
+            if timed_out:
+                rec.finish_reason = "timeout"
+                raise RequestTimeoutError(
+                    f"request exceeded the {self.settings.request_timeout_s:g} s timeout"
+                ) from None
+            return
+        except (ServeError, asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as e:
+            raise to_serve_error(e) from None
+        finally:
+            timer.cancel()
+            if last is None:
+                self.metrics.queued(-1)
+            if not first.done():
+                first.cancel()
+                await asyncio.gather(first, return_exceptions=True)
+            await stream.aclose()
+
+    def finish(self, rec: RequestRecord) -> None:
+        """Account an admitted request once (later calls do nothing): admission slot, metrics, log line."""
+        if rec.finished:
+            return
+        rec.finished = True
+        if rec.status != 200:  # errors and disconnects leave the think-tag counters alone
+            rec.outcome = None
+        self.admission.leave()
+        e2e = time.monotonic() - rec.arrival
+        self.metrics.request_finished(
+            endpoint=rec.endpoint,
+            status=rec.status,
+            finish_reason=rec.finish_reason,
+            prompt_tokens=rec.prompt_tokens,
+            completion_tokens=rec.completion_tokens,
+            reasoning_tokens=rec.reasoning_tokens,
+            outcome=rec.outcome,
+            e2e_s=e2e,
+        )
+        line = asdict(rec)
+        line.pop("arrival")
+        line.pop("finished")
+        if not self.settings.log_prompts:
+            line.pop("prompt")
+            line.pop("output")
+        line.update(event="request", e2e_s=round(e2e, 4), ttft_s=rec.ttft_s and round(rec.ttft_s, 4))
+        access_log.info(json.dumps(line, ensure_ascii=False))
+
+    def check_model(self, model: str) -> None:
+        if model != self.settings.model_name:
+            raise NotFoundError(
+                f"model {model!r} is not served here; this server serves {self.settings.model_name!r}",
+                param="model",
+            )
+
+
+class EventStream(StreamingResponse):
+    """SSE response that accounts its request even if the client left before the body generator started
+    (a generator closed before its first step never runs its own `finally`)."""
+
+    def __init__(self, body: AsyncIterator[str], server: Server, rec: RequestRecord) -> None:
+        super().__init__(
+            body,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._server, self._rec = server, rec
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            if not self._rec.finished:
+                self._rec.status, self._rec.finish_reason = 499, "abort"
+                self._server.finish(self._rec)
+
+
+async def watch_disconnect(request: Any, work: asyncio.Task[Any], every_s: float = 0.25) -> None:
+    """Cancel `work` when the HTTP client goes away (non-streaming requests)."""
+    while not work.done():
+        if await request.is_disconnected():
+            work.cancel()
+            return
+        await asyncio.sleep(every_s)

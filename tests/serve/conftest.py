@@ -1,0 +1,123 @@
+"""One real `chimera-serve` per test session (an engine start costs ~40-60 s on 2 cores).
+
+The model: the demo child, built here by the merge stage from merge/recipes/mini-chimera.yaml (the lab's
+mini-v3 + mini-r1), or CHIMERA_TEST_MODEL. The tests of a template that opens `<think>` in the prompt run on a
+tiny random model with an R1-style template (tests/serve/tiny_model.py, test_serve_zzz_template.py); the lab's
+mini-r1 / mini-v3 get their own servers in test_serve_zzz_lab.py. The server
+runs with small limits so the 429, keepalive and disconnect paths are reachable quickly; the context is
+the model's own up to 1024 tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+API_KEY = "test-key-0123456789abcdef"
+MAX_NUM_SEQS = 3
+MAX_QUEUED = 2
+MAX_MODEL_LEN = 1024  # or the model's max_position_embeddings if smaller
+LAB = REPO / "merge/lab/models"
+DEMO_RECIPE = REPO / "merge/recipes/mini-chimera.yaml"
+MAX_BODY_BYTES = 64 * 1024
+START_TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chosen = os.environ.get("CHIMERA_TEST_MODEL")
+    if chosen:
+        return Path(chosen)
+    out = tmp_path_factory.mktemp("demo-child") / "mini-chimera"
+    build = [sys.executable, "-m", "merge.cli", "build", str(DEMO_RECIPE), "--out", str(out), "--no-progress"]
+    subprocess.run(build, cwd=REPO, check=True, capture_output=True, timeout=300)
+    return out
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    model: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    tiny: bool  # tests/serve/tiny_model.py: its template opens <think> and honours thinking=False
+    max_model_len: int
+
+    def client(self, **kw: object) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60, **kw
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def serve_command(model: Path, port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "chimera_serve.cli", "--model", str(model), "--port", str(port), *extra]
+
+
+@contextlib.contextmanager
+def running_server(model: Path, log_dir: Path, *extra: str, tiny: bool = False) -> Iterator[RunningServer]:
+    """A `chimera-serve` subprocess on a free port, ready to serve; SIGTERM (then kill) on exit."""
+    port = free_port()
+    log_path = log_dir / "server.log"
+    positions = json.loads((model / "config.json").read_text()).get("max_position_embeddings", MAX_MODEL_LEN)
+    max_model_len = min(MAX_MODEL_LEN, positions)
+    cmd = serve_command(
+        model, port,
+        "--served-model-name", "chimera-test", "--api-key", API_KEY, "--max-model-len", str(max_model_len),
+        "--enforce-eager", "--max-num-seqs", str(MAX_NUM_SEQS), "--max-queued", str(MAX_QUEUED),
+        "--max-body-bytes", str(MAX_BODY_BYTES), "--keepalive-interval-s", "0.2", "--drain-grace-s", "60",
+        "--price-prompt", "0.0000005", "--price-completion", "0.000002", "--hugging-face-id", "chimera/test", *extra,
+    )  # fmt: skip
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONWARNINGS": "ignore"}
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
+    srv = RunningServer(f"http://127.0.0.1:{port}", "chimera-test", proc, log_path, tiny, max_model_len)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"chimera-serve exited with {proc.returncode}:\n{srv.log()[-3000:]}")
+            try:
+                if httpx.get(f"{srv.base_url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"chimera-serve not ready after {START_TIMEOUT_S} s:\n{srv.log()[-3000:]}")
+            time.sleep(1)
+        yield srv
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    with running_server(model_dir, tmp_path_factory.mktemp("serve-log")) as srv:
+        yield srv

@@ -1,0 +1,49 @@
+"""SIGTERM drains: a stream in flight finishes, /ready turns false, new requests get 503, then exit 0.
+
+Runs last (file name) because it stops the session's server.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+from conftest import API_KEY, RunningServer
+
+pytestmark = pytest.mark.engine
+
+
+def test_sigterm_drains_in_flight_stream(server: RunningServer) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"model": server.model, "messages": [{"role": "user", "content": "hi"}], "stream": True,
+            "max_tokens": 120, "ignore_eos": True}  # fmt: skip
+    lines: list[str] = []
+    started = threading.Event()
+
+    def consume() -> None:
+        with httpx.stream(
+            "POST", f"{server.base_url}/v1/chat/completions", json=body, headers=headers, timeout=120
+        ) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    started.set()
+                    lines.append(line)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    assert started.wait(60)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    ready = httpx.get(f"{server.base_url}/ready", timeout=5)
+    new = httpx.post(
+        f"{server.base_url}/v1/chat/completions", json={**body, "stream": False}, headers=headers, timeout=5
+    )
+    t.join(120)
+    assert ready.status_code == 503 and ready.json()["ready"] is False
+    assert new.status_code == 503 and new.json()["error"]["type"] == "service_unavailable"
+    assert lines[-1] == "data: [DONE]"  # the in-flight stream finished
+    assert '"finish_reason":"length"' in lines[-2]
+    assert server.proc.wait(60) == 0
