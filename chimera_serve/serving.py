@@ -16,11 +16,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from chimera_serve.config import ServeSettings
 from chimera_serve.engine import Delta, Engine
@@ -36,6 +36,7 @@ from chimera_serve.metrics import ServerMetrics
 from chimera_serve.reasoning import ThinkOutcome
 
 access_log = logging.getLogger("chimera_serve.access")
+T = TypeVar("T")
 
 
 class Admission:
@@ -214,6 +215,35 @@ class EventStream(StreamingResponse):
             if not self._rec.finished:
                 self._rec.status, self._rec.finish_reason = 499, "abort"
                 self._server.finish(self._rec)
+
+
+async def collect_response(
+    srv: Server,
+    rec: RequestRecord,
+    request: Any,
+    collect: Coroutine[Any, Any, T],
+    source: AsyncGenerator[Any, None],
+) -> T | Response:
+    """A non-streaming request: run its collector over `source`, cancel it if the client leaves, and
+    account the request once however it ends (errors re-raised as ServeError for the one handler)."""
+    work = asyncio.ensure_future(collect)
+    watcher = asyncio.ensure_future(watch_disconnect(request, work))
+    try:
+        return await work
+    except asyncio.CancelledError:
+        rec.status, rec.finish_reason = 499, "abort"
+        if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # we are being cancelled
+            raise
+        return Response(status_code=499)  # the client left; nobody reads this
+    except Exception as e:
+        err = to_serve_error(e)
+        rec.status, rec.finish_reason = err.status, rec.finish_reason or "error"
+        err.counted = True  # type: ignore[attr-defined]
+        raise err from None
+    finally:
+        watcher.cancel()
+        await source.aclose()
+        srv.finish(rec)
 
 
 async def watch_disconnect(request: Any, work: asyncio.Task[Any], every_s: float = 0.25) -> None:

@@ -32,7 +32,7 @@ from chimera_serve.protocol import (
 )
 from chimera_serve.reasoning import ThinkSplitter, prompt_opens_think
 from chimera_serve.sampling import build_sampling
-from chimera_serve.serving import EventStream, RequestRecord, Server, watch_disconnect
+from chimera_serve.serving import EventStream, RequestRecord, Server, collect_response
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 ENDPOINT = "/v1/chat/completions"
@@ -194,21 +194,4 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Resp
     events = _events(srv, rec, req, prompt, ids, params)
     if req.stream:
         return EventStream(_stream(srv, rec, req, events), srv, rec)
-    work = asyncio.ensure_future(_collect(rec, req, events))
-    watcher = asyncio.ensure_future(watch_disconnect(request, work))
-    try:
-        return await work
-    except asyncio.CancelledError:
-        rec.status, rec.finish_reason = 499, "abort"
-        if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # we are being cancelled
-            raise
-        return Response(status_code=499)  # the client left; nobody reads this
-    except Exception as e:
-        err = to_serve_error(e)
-        rec.status, rec.finish_reason = err.status, rec.finish_reason or "error"
-        err.counted = True  # type: ignore[attr-defined]
-        raise err from None
-    finally:
-        watcher.cancel()
-        await events.aclose()
-        srv.finish(rec)
+    return await collect_response(srv, rec, request, _collect(rec, req, events), events)

@@ -19,7 +19,7 @@ from chimera_serve.errors import BadRequestError, error_body, to_serve_error
 from chimera_serve.protocol import Completion, CompletionChoice, CompletionRequest, make_usage
 from chimera_serve.reasoning import ThinkSplitter, prompt_opens_think
 from chimera_serve.sampling import build_sampling
-from chimera_serve.serving import EventStream, RequestRecord, Server, watch_disconnect
+from chimera_serve.serving import EventStream, RequestRecord, Server, collect_response
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 ENDPOINT = "/v1/completions"
@@ -129,21 +129,4 @@ async def completions(req: CompletionRequest, request: Request) -> Response | Co
     deltas = _deltas(srv, rec, prompt, ids, params)
     if req.stream:
         return EventStream(_stream(srv, rec, req, deltas), srv, rec)
-    work = asyncio.ensure_future(_collect(rec, req, deltas))
-    watcher = asyncio.ensure_future(watch_disconnect(request, work))
-    try:
-        return await work
-    except asyncio.CancelledError:
-        rec.status, rec.finish_reason = 499, "abort"
-        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-            raise
-        return Response(status_code=499)
-    except Exception as e:
-        err = to_serve_error(e)
-        rec.status, rec.finish_reason = err.status, rec.finish_reason or "error"
-        err.counted = True  # type: ignore[attr-defined]
-        raise err from None
-    finally:
-        watcher.cancel()
-        await deltas.aclose()
-        srv.finish(rec)
+    return await collect_response(srv, rec, request, _collect(rec, req, deltas), deltas)
