@@ -62,6 +62,7 @@ class Engine:
     @classmethod
     def start(cls, settings: ServeSettings) -> Engine:
         """Load the model (tens of seconds on a CPU, minutes for a 671B child on 8 GPUs)."""
+        from vllm.config.reasoning import ReasoningConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -79,6 +80,9 @@ class Engine:
             enforce_eager=settings.enforce_eager,
             trust_remote_code=settings.trust_remote_code,
             generation_config="auto",
+            # Lets requests cap their reasoning (`reasoning.max_tokens` -> thinking_token_budget): past the
+            # budget vLLM forces `</think>`. Costs nothing for requests without a budget.
+            reasoning_config=ReasoningConfig(reasoning_start_str="<think>", reasoning_end_str="</think>"),
         )
         return cls(AsyncLLM.from_engine_args(args), settings)
 

@@ -5,8 +5,9 @@ field. Reasoning follows two conventions at once: `reasoning_content` (DeepSeek'
 (OpenRouter); the request side honours OpenRouter's `reasoning` object and the legacy
 `include_reasoning`: `exclude: true` or `include_reasoning: false` drop the reasoning text (its tokens are
 still counted); `enabled: false` also renders the template with `thinking=False` (templates that know it,
-like DeepSeek-V3.1's, then close the think block in the prompt); `effort` and `max_tokens` are accepted
-and ignored (DeepSeek models have no effort control). Nothing here knows about HTTP or the engine.
+like DeepSeek-V3.1's, then close the think block in the prompt); `max_tokens` (or `effort`, as a share of the
+request's max_tokens) caps the reasoning section (sampling.thinking_budget). Nothing here knows about HTTP or
+the engine.
 """
 
 from __future__ import annotations

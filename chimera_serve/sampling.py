@@ -51,6 +51,25 @@ def structured_outputs(req: ChatCompletionRequest) -> Any:
     return StructuredOutputsParams(json=schema)
 
 
+# OpenRouter's conversion of `reasoning.effort` into a token budget: this share of the request's max_tokens.
+EFFORT_SHARE = {"minimal": 0.1, "low": 0.2, "medium": 0.5, "high": 0.8}
+
+
+def thinking_budget(req: ChatCompletionRequest, max_tokens: int) -> int | None:
+    """Reasoning tokens allowed: `reasoning.max_tokens`, else `effort` x max_tokens, else unlimited (None).
+
+    vLLM enforces it (`SamplingParams.thinking_token_budget`): past the budget it forces `</think>` and the
+    model goes on with its answer."""
+    r = req.reasoning
+    if r is None or r.enabled is False:
+        return None
+    if r.max_tokens is not None:
+        return min(r.max_tokens, max_tokens)
+    if r.effort is not None:
+        return max(1, int(max_tokens * EFFORT_SHARE[r.effort]))
+    return None
+
+
 def build_sampling(
     req: ChatCompletionRequest | CompletionRequest,
     *,
@@ -69,6 +88,7 @@ def build_sampling(
         if req.logprobs:
             values["logprobs"] = req.top_logprobs or 0
         values["structured_outputs"] = structured_outputs(req)
+        values["thinking_token_budget"] = thinking_budget(req, values["max_tokens"])
     elif req.logprobs is not None:
         values["logprobs"] = req.logprobs
     try:

@@ -124,6 +124,18 @@ def test_exclude_reasoning_keeps_token_count(server: RunningServer, oai: openai.
         assert r.usage.model_dump() == full.usage.model_dump()
 
 
+def test_reasoning_budget_caps_the_think_block(server: RunningServer, oai: openai.OpenAI) -> None:
+    """`reasoning.max_tokens`: vLLM forces `</think>` past the budget; the answer follows as content."""
+    kw = {"model": server.model, "messages": MSG, "max_tokens": 48, "temperature": 0}
+    free = oai.chat.completions.create(**kw).usage.completion_tokens_details.reasoning_tokens
+    if free <= 6:
+        pytest.skip(f"the model reasoned in only {free} tokens: nothing to cap")
+    r = oai.chat.completions.create(**kw, extra_body={"reasoning": {"max_tokens": 3}})
+    capped = r.usage.completion_tokens_details.reasoning_tokens
+    assert 0 < capped <= 3 + 2  # the budget, plus the <think> and </think> tags it counts
+    assert r.choices[0].message.model_dump()["reasoning"] is not None
+
+
 def test_thinking_disabled_is_all_content(server: RunningServer, oai: openai.OpenAI) -> None:
     """`reasoning.enabled: false` renders the template without <think>: a model that does not reason -> content."""
     if not server.tiny:

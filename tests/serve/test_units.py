@@ -96,3 +96,22 @@ def test_call_hint_names_the_loopback_url_model_and_key(tmp_path) -> None:
     assert "Authorization" not in open_hint and "OpenAI(base_url='http://127.0.0.1:9001/v1'" in open_hint
     keyed = call_hint(load_settings({"model": str(tmp_path), "api_keys": ("k" * 20,)}))
     assert "Bearer $CHIMERA_API_KEY" in keyed and "k" * 20 not in keyed
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "expected"),
+    [
+        (None, None),
+        ({"max_tokens": 10}, 10),
+        ({"max_tokens": 500}, 100),  # never more than the request's max_tokens
+        ({"effort": "high"}, 80),
+        ({"effort": "low"}, 20),
+        ({"effort": "high", "max_tokens": 7}, 7),  # an explicit budget wins
+        ({"enabled": False, "max_tokens": 7}, None),
+    ],
+)
+def test_thinking_budget(reasoning: dict | None, expected: int | None) -> None:
+    from chimera_serve.sampling import thinking_budget
+
+    req = ChatCompletionRequest(model="m", messages=MSG, reasoning=reasoning)
+    assert thinking_budget(req, 100) == expected
