@@ -201,8 +201,14 @@ def normalize(rs: list[float]) -> list[float]:
 
 
 # Exponent bits per stored dtype: a value is NaN/Inf iff all of them are set (e4m3fn: S.1111.111 only).
-_NONFINITE_BITS = {FP8_DTYPE: (torch.uint8, 0x7F), torch.bfloat16: (torch.int16, 0x7F80),
-                   torch.float16: (torch.int16, 0x7C00), torch.float32: (torch.int32, 0x7F800000)}  # fmt: skip
+NONFINITE_BITS: dict[torch.dtype, tuple[torch.dtype, int]] = {
+    FP8_DTYPE: (torch.uint8, 0x7F),
+    torch.float8_e5m2: (torch.uint8, 0x7C),
+    torch.bfloat16: (torch.int16, 0x7F80),
+    torch.float16: (torch.int16, 0x7C00),
+    torch.float32: (torch.int32, 0x7F800000),
+    torch.float64: (torch.int64, 0x7FF0000000000000),
+}
 
 
 def is_finite(x: torch.Tensor, ws: Workspace | None = None) -> bool:
@@ -210,8 +216,8 @@ def is_finite(x: torch.Tensor, ws: Workspace | None = None) -> bool:
     15x torch's own paths here); other devices: the float32 sum (NaN or Inf anywhere makes it non-finite)."""
     if x.numel() == 0:
         return True
-    if x.device.type == "cpu" and x.dtype in _NONFINITE_BITS and x.is_contiguous():
-        int_dtype, mask = _NONFINITE_BITS[x.dtype]
+    if x.device.type == "cpu" and x.dtype in NONFINITE_BITS and x.is_contiguous():
+        int_dtype, mask = NONFINITE_BITS[x.dtype]
         bits = x.view(int_dtype).reshape(-1)
         scratch = (
             ws.get("finite", (bits.numel(),), int_dtype, x.device)

@@ -32,6 +32,7 @@ import torch
 from merge.checkpoint import DTYPES, Checkpoint, TensorInfo
 from merge.errors import CheckpointError, VerifyError
 from merge.fp8 import BLOCK, scale_shape
+from merge.mix import NONFINITE_BITS
 
 SCALE_SUFFIX = ".weight_scale_inv"
 CHUNK_BYTES = 64 * 1024 * 1024  # one read buffer; the only memory the value pass holds
@@ -48,16 +49,6 @@ ARCHITECTURES = {"DeepseekV3ForCausalLM", "DeepseekV2ForCausalLM"}
 FUSED_PAIRS = (("q_a_proj", "kv_a_proj_with_mqa"), ("gate_proj", "up_proj"))
 _LINEAR = re.compile(r"_proj(_with_mqa)?\.weight$")
 _EXPERT = re.compile(r"^(.*\.mlp\.experts)\.\d+\.")
-
-# Bit masks that flag NaN/Inf per storage dtype: exponent bits all ones (e4m3fn: its only NaN, S.1111.111).
-_NONFINITE: dict[str, tuple[torch.dtype, int]] = {
-    "F8_E4M3": (torch.uint8, 0x7F),
-    "F8_E5M2": (torch.uint8, 0x7C),
-    "BF16": (torch.int16, 0x7F80),
-    "F16": (torch.int16, 0x7C00),
-    "F32": (torch.int32, 0x7F800000),
-    "F64": (torch.int64, 0x7FF0000000000000),
-}
 
 
 @dataclass
@@ -297,9 +288,10 @@ def check_values(
     total = sum(t.nbytes for t in order)
     bar = _progress_bar(total) if progress else None
     for info in order:
-        if info.dtype not in _NONFINITE:
+        bits = NONFINITE_BITS.get(DTYPES[info.dtype][0])
+        if bits is None:  # integers and bools have no NaN/Inf
             continue
-        itype, mask = _NONFINITE[info.dtype]
+        itype, mask = bits
         size = torch.empty((), dtype=itype).element_size()
         for offset, block in _chunks(info, buf):
             if len(block) % size:
