@@ -168,11 +168,16 @@ class ServerMetrics:
         """
         if n <= 0:
             return
+        now = self._clock()
         with self._lock:
-            self._tokens.add(self._clock(), n)
-        if itl_s is not None:
-            for _ in range(n):
-                self._itl.observe(itl_s / n)
+            self._tokens.add(now, n)
+        if itl_s is None:
+            return
+        if n == 1:  # vLLM's delta mode: one token per chunk (called per token: keep it lean)
+            self._itl.observe(itl_s)
+            return
+        for _ in range(n):
+            self._itl.observe(itl_s / n)
 
     def request_finished(
         self,

@@ -52,9 +52,13 @@ _ANSWER = "answer"  # content (after the section, or no section at all)
 
 def _partial_tag_len(text: str, tag: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
-    for n in range(min(len(text), len(tag) - 1), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
+    # Runs once per streamed token: only a suffix that starts with the tag's first character can qualify,
+    # and usually the tail holds none (one `find` instead of a slice and `endswith` per length).
+    i = text.find(tag[0], max(len(text) - len(tag) + 1, 0))
+    while i >= 0:
+        if tag.startswith(text[i:]):
+            return len(text) - i
+        i = text.find(tag[0], i + 1)
     return 0
 
 

@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi.responses import Response, StreamingResponse
@@ -178,7 +178,7 @@ class Server:
             outcome=rec.outcome,
             e2e_s=e2e,
         )
-        line = asdict(rec)
+        line = dict(vars(rec))  # its fields are flat values: a copy is enough (asdict deep-copies, ~13 us)
         line.pop("arrival")
         line.pop("finished")
         if not self.settings.log_prompts:
@@ -199,7 +199,7 @@ class EventStream(StreamingResponse):
     """SSE response that accounts its request even if the client left before the body generator started
     (a generator closed before its first step never runs its own `finally`)."""
 
-    def __init__(self, body: AsyncIterator[str], server: Server, rec: RequestRecord) -> None:
+    def __init__(self, body: AsyncIterator[bytes | str], server: Server, rec: RequestRecord) -> None:
         super().__init__(
             body,
             media_type="text/event-stream",

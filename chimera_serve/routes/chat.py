@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -21,13 +22,11 @@ from chimera_serve.protocol import (
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     ChoiceLogprobs,
-    ChunkChoice,
-    ChunkDelta,
-    TokenLogprobOut,
-    TopLogprob,
+    ChunkWriter,
+    StreamChoice,
+    logprobs_content,
     make_usage,
 )
 from chimera_serve.reasoning import ThinkSplitter, prompt_opens_think
@@ -38,7 +37,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 ENDPOINT = "/v1/chat/completions"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Piece:
     """What one engine delta means for one choice."""
 
@@ -49,18 +48,8 @@ class _Piece:
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
-def _logprobs_out(lps: list[TokenLogprob], top_n: int) -> ChoiceLogprobs:
-    def entry(tok: str, lp: float) -> TopLogprob:
-        return TopLogprob(token=tok, logprob=max(lp, -9999.0), bytes=list(tok.encode("utf-8")))
-
-    return ChoiceLogprobs(
-        content=[
-            TokenLogprobOut(
-                **entry(t.token, t.logprob).model_dump(), top_logprobs=[entry(*x) for x in t.top[:top_n]]
-            )
-            for t in lps
-        ]
-    )
+def _logprobs_out(lps: list[TokenLogprob], top_n: int) -> dict[str, Any]:
+    return logprobs_content((t.token, t.logprob, t.top[:top_n]) for t in lps)
 
 
 async def _events(
@@ -89,51 +78,59 @@ async def _events(
         rec.output = "".join(output) if srv.settings.log_prompts else None
 
 
-def _sse(data: str) -> str:
-    return f"data: {data}\n\n"
+def _sse(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
+def _delta_choice(p: _Piece, first: bool, show: bool) -> StreamChoice | None:
+    """The chunk choice of piece `p` (a ChunkChoice as a dict), None when it says nothing."""
+    delta: dict[str, str] = {"role": "assistant"} if first else {}
+    if p.content:
+        delta["content"] = p.content
+    if p.reasoning and show:
+        delta["reasoning_content"] = delta["reasoning"] = p.reasoning
+    if not delta and p.finish_reason is None:
+        return None
+    choice: StreamChoice = {"index": p.index, "delta": delta}
+    if p.finish_reason is not None:
+        choice["finish_reason"] = p.finish_reason
+    return choice
 
 
 async def _stream(
     srv: Server, rec: RequestRecord, req: ChatCompletionRequest, events: AsyncIterator[_Piece | None]
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes | str]:
     """SSE body: keepalive comments while queued, chunks, usage (if asked), [DONE]; errors as a frame."""
     show = req.show_reasoning
     started: set[int] = set()
     top_n = req.top_logprobs or 0
-
-    def chunk(choices: list[ChunkChoice], usage: object = None) -> str:
-        body = ChatCompletionChunk(id=rec.request_id, model=rec.model, choices=choices, usage=usage)
-        return _sse(body.model_dump_json(exclude_none=True))
-
+    out = ChunkWriter("chat.completion.chunk", rec.request_id, rec.model)
     try:
         async for p in events:
             if p is None:
                 yield ": PROCESSING\n\n"
                 continue
-            delta = ChunkDelta(role=None if p.index in started else "assistant")
-            started.add(p.index)
-            if p.reasoning and show:
-                delta.reasoning_content = delta.reasoning = p.reasoning
-            if p.content:
-                delta.content = p.content
-            if delta.role is None and not (delta.content or delta.reasoning) and p.finish_reason is None:
+            first = p.index not in started
+            if first:
+                started.add(p.index)
+            choice = _delta_choice(p, first, show)
+            if choice is None:
                 continue
-            lps = _logprobs_out(p.logprobs, top_n) if req.logprobs and p.logprobs else None
-            yield chunk(
-                [ChunkChoice(index=p.index, delta=delta, finish_reason=p.finish_reason, logprobs=lps)]
-            )
+            if req.logprobs and p.logprobs:
+                choice["logprobs"] = _logprobs_out(p.logprobs, top_n)
+            yield _sse(out.choice(choice))
             if p.finish_reason is not None and p.index == 0:
                 rec.finish_reason = p.finish_reason
         if req.include_usage:
-            yield chunk([], make_usage(rec.prompt_tokens, rec.completion_tokens, rec.reasoning_tokens))
-        yield _sse("[DONE]")
+            yield _sse(out.usage(make_usage(rec.prompt_tokens, rec.completion_tokens, rec.reasoning_tokens)))
+        yield b"data: [DONE]\n\n"
     except (asyncio.CancelledError, GeneratorExit):  # the client went away: the engine request is aborted
         rec.status, rec.finish_reason = 499, "abort"
         raise
     except Exception as e:  # the status line is sent: report the error in the stream
         err = to_serve_error(e)
         rec.status, rec.finish_reason = err.status, rec.finish_reason or "error"
-        yield _sse(json.dumps(error_body(err)))
+        yield _sse(json.dumps(error_body(err)).encode())
     finally:
         srv.finish(rec)
 
@@ -159,7 +156,8 @@ async def _collect(
         r = reasoning[i] if show and reasoning[i] else None
         msg = AssistantMessage(content=content[i], reasoning_content=r, reasoning=r)
         lp = _logprobs_out(lps[i], req.top_logprobs or 0) if req.logprobs else None
-        choices.append(ChatChoice(index=i, message=msg, finish_reason=finish[i], logprobs=lp))
+        logprobs = ChoiceLogprobs.model_validate(lp) if lp is not None else None
+        choices.append(ChatChoice(index=i, message=msg, finish_reason=finish[i], logprobs=logprobs))
     usage = make_usage(rec.prompt_tokens, rec.completion_tokens, rec.reasoning_tokens)
     return ChatCompletion(id=rec.request_id, model=rec.model, choices=choices, usage=usage)
 

@@ -16,7 +16,14 @@ from fastapi.responses import Response
 from chimera_serve.auth import require_api_key
 from chimera_serve.engine import TokenLogprob
 from chimera_serve.errors import BadRequestError, error_body, to_serve_error
-from chimera_serve.protocol import Completion, CompletionChoice, CompletionRequest, make_usage
+from chimera_serve.protocol import (
+    ChunkWriter,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    StreamChoice,
+    make_usage,
+)
 from chimera_serve.reasoning import ThinkSplitter, prompt_opens_think
 from chimera_serve.sampling import build_sampling
 from chimera_serve.serving import EventStream, RequestRecord, Server, collect_response
@@ -55,20 +62,23 @@ async def _deltas(
 
 async def _stream(
     srv: Server, rec: RequestRecord, req: CompletionRequest, deltas: AsyncIterator[Any]
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes | str]:
+    out = ChunkWriter("text_completion", rec.request_id, rec.model)
     try:
         async for d in deltas:
             if d is None:
                 yield ": PROCESSING\n\n"
                 continue
-            lp = _logprobs(d.logprobs, req.logprobs or 0) if req.logprobs is not None else None
-            choice = CompletionChoice(index=d.index, text=d.text, finish_reason=d.finish_reason, logprobs=lp)
-            body = Completion(id=rec.request_id, model=rec.model, choices=[choice])
-            yield f"data: {body.model_dump_json(exclude_none=True)}\n\n"
+            choice: StreamChoice = {"index": d.index, "text": d.text}  # a CompletionChoice, None left out
+            if d.finish_reason is not None:
+                choice["finish_reason"] = d.finish_reason
+            if req.logprobs is not None:
+                choice["logprobs"] = _logprobs(d.logprobs, req.logprobs)
+            yield b"data: " + out.choice(choice) + b"\n\n"
         if req.include_usage:
             usage = make_usage(rec.prompt_tokens, rec.completion_tokens, rec.reasoning_tokens)
-            yield f"data: {Completion(id=rec.request_id, model=rec.model, choices=[], usage=usage).model_dump_json()}\n\n"
-        yield "data: [DONE]\n\n"
+            yield b"data: " + out.usage(usage) + b"\n\n"
+        yield b"data: [DONE]\n\n"
     except (asyncio.CancelledError, GeneratorExit):
         rec.status, rec.finish_reason = 499, "abort"
         raise

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
-from chimera_serve.reasoning import ThinkSplitter, prompt_opens_think, split_text
+from chimera_serve.reasoning import ThinkSplitter, _partial_tag_len, prompt_opens_think, split_text
 
 # (generated text, prompt_opened) -> (reasoning, content, outcome); reasoning None when no section opened.
 CASES = [
@@ -148,6 +149,17 @@ def test_custom_tags():
     splitter = ThinkSplitter(prompt_opened=False, open_tag="<reason>", close_tag="</reason>")
     out = [splitter.feed(c) for c in ["<rea", "son>r</rea", "son>c"]]
     assert "".join(r for r, _ in out) == "r" and "".join(c for _, c in out) == "c"
+
+
+@pytest.mark.parametrize("tag", ["</think>", "<think>", "aab", "abab", "aaa", "x"])
+def test_partial_tag_len_matches_the_definition(tag):
+    """The longest suffix of the text that is a proper prefix of the tag, on texts dense in the tag's
+    characters (tags whose first character recurs take the slow path)."""
+    rng = random.Random(tag)
+    for _ in range(3000):
+        text = "".join(rng.choice(tag + "ab <") for _ in range(rng.randint(0, 12)))
+        longest = max((n for n in range(1, len(tag)) if text.endswith(tag[:n])), default=0)
+        assert _partial_tag_len(text, tag) == longest, text
 
 
 @pytest.mark.parametrize(
