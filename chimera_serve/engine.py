@@ -81,7 +81,9 @@ class Engine:
             trust_remote_code=settings.trust_remote_code,
             generation_config="auto",
             # Lets requests cap their reasoning (`reasoning.max_tokens` -> thinking_token_budget): past the
-            # budget vLLM forces `</think>`. Costs nothing for requests without a budget.
+            # budget vLLM forces `</think>`. Always on: vLLM's own server builds the same config whenever it
+            # has a reasoning parser, and with no budget in the batch its per-step work returns early (no
+            # throughput cost measured: `--ab-reasoning-config` in benchmarks/results/serve-vs-vllm.md).
             reasoning_config=ReasoningConfig(reasoning_start_str="<think>", reasoning_end_str="</think>"),
         )
         return cls(AsyncLLM.from_engine_args(args), settings)
