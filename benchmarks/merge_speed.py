@@ -9,7 +9,8 @@ are p0 plus noise (like fine-tunes). Made by `merge.synthetic`, cached under --w
      and write as many child bytes, in files of the child's shard sizes, synced the way the merge syncs;
    - merge `experts`: routed experts interpolated across the three parents, the rest copied from p0;
    - merge `all`: every tensor interpolated.
-   Ratio merge / floor (target <= 1.5).
+   Ratio merge / floor (target <= 1.5). The merges start with numba's cache of the CPU kernels filled (as every
+   run after a machine's first); what the first run pays on top, the JIT compile, is timed on its own.
 2. Peak RSS of the `experts` merge for 2 vs 8 layers (target ratio <= 1.1).
 3. The detour a user would otherwise take: dequantize every parent to bf16 (DeepSeek's fp8_cast_bf16),
    merge in bf16, requantize; time, and error of both children vs a float64 reference.
@@ -265,12 +266,12 @@ def accuracy(parents: dict[str, Path], children: dict[str, Path], sample: int) -
 # ---------------------------------------------------------------- measuring
 
 
-def timed(cmd: list[str], out: Path | None, cold: bool) -> dict[str, Any]:
+def timed(cmd: list[str], out: Path | None, cold: bool, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run cmd (after removing `out` and dropping the page cache); wall, then the `sync` that makes it durable."""
     if out is not None:
         shutil.rmtree(out, ignore_errors=True)
     dropped = drop_caches() if cold else False
-    m = run_measured(cmd, env={"HF_HUB_OFFLINE": "1"}).check()
+    m = run_measured(cmd, env={"HF_HUB_OFFLINE": "1", **(env or {})}).check()
     t0 = time.perf_counter()
     os.sync()
     sync_s = time.perf_counter() - t0
@@ -295,9 +296,24 @@ def me(*args: Any) -> list[str]:
     return [PY, "-m", "benchmarks.merge_speed", *map(str, args)]
 
 
+def compile_kernels() -> None:
+    """Call the CPU kernels with the argument types the speed phase's merges use (three FP8 parts -> FP8,
+    three bf16 parts -> bf16, finite checks of FP8, bf16 and float32), so that numba compiles them, or loads
+    them from its cache."""
+    import torch
+
+    from merge import fp8, mix
+
+    q, s = fp8.quantize(torch.randn(256, 256))
+    mix.merge([(w, q, s) for w in WEIGHTS.values()], torch.float8_e4m3fn)
+    b, _ = mix.merge([(w, q.to(torch.bfloat16), None) for w in WEIGHTS.values()], torch.bfloat16)
+    for t in (q, s, b):
+        mix.is_finite(t)
+
+
 def phase_speed(args: argparse.Namespace) -> dict[str, Any]:
     parents = ensure_parents(args.work / "ds", args.layers, args.experts, args.vocab)
-    jobs: dict[str, tuple[list[str], Path | None]] = {}
+    jobs: dict[str, tuple[list[str], Path | None, dict[str, str] | None]] = {}
     sizes = {}
     for variant in ("experts", "all"):
         recipe = write_recipe(args.work / f"recipe-{variant}.yaml", parents, variant)
@@ -308,20 +324,27 @@ def phase_speed(args: argparse.Namespace) -> dict[str, Any]:
         jobs[f"floor {variant}"] = (
             me("--floor", spec_path, args.work / "out-floor"),
             args.work / "out-floor",
+            None,
         )
         out = args.work / f"out-{variant}"
-        jobs[f"merge {variant}"] = (merge_cmd(recipe, out, args.workers), out)
+        jobs[f"merge {variant}"] = (merge_cmd(recipe, out, args.workers), out, None)
     # interpreter + imports (torch): a fixed cost per build that a 2-layer model shows and a 688 GB one hides
-    jobs["merge imports"] = ([PY, "-c", "import merge.execute, merge.cli"], None)
+    jobs["merge imports"] = ([PY, "-c", "import merge.execute, merge.cli"], None, None)
+    # the CPU kernels' JIT compile, paid by a machine's first merge only (numba caches the machine code): the
+    # same calls with an empty cache and with the cache the merges use; the difference is the compile
+    nocache = args.work / "numba-empty-cache"
+    jobs["kernels compile"] = (me("--compile-kernels"), nocache, {"NUMBA_CACHE_DIR": str(nocache)})
+    jobs["kernels cached"] = (me("--compile-kernels"), None, None)
+    compile_kernels()  # fill the cache the merges use (untimed): they measure every run after the first
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in jobs}
     for rep in range(args.reps):
         order = list(jobs) if rep % 2 == 0 else list(reversed(jobs))
         for key in order:
-            r = timed(jobs[key][0], jobs[key][1], cold=not args.hot)
+            r = timed(jobs[key][0], jobs[key][1], cold=not args.hot, env=jobs[key][2])
             runs[key].append(r)
             print(f"rep {rep} {key:14s} wall {r['wall_s']:7.2f} s + sync {r['sync_s']:5.2f} s  CPU {r['cpu_s']:6.1f} s  "
                   f"load {r['load_1min_before']:.1f}  peak RSS {gib(r['peak_rss_bytes']):.2f} GiB", flush=True)  # fmt: skip
-    for _, out in jobs.values():
+    for _, out, _ in jobs.values():
         if out is not None:
             shutil.rmtree(out, ignore_errors=True)
     med = {
@@ -427,6 +450,10 @@ def table(phases: dict[str, Any]) -> str:
             lean = s["ratio_merge_over_floor"][v]["durable_s_without_imports"]
             rows.append([f"  same, less chimera-merge's imports ({s['median']['merge imports']['wall_s']:.1f} s)",
                          "", f"{lean:.2f}x", "<= 1.5x", "ok" if lean <= 1.5 else "MISSED"])  # fmt: skip
+        if "kernels compile" in s["median"]:
+            cold, warm = (s["median"][f"kernels {k}"]["wall_s"] for k in ("compile", "cached"))
+            rows.append(["CPU kernels, empty vs filled numba cache, s (the JIT compile: a machine's first merge)",
+                         f"{cold:.1f} vs {warm:.1f}", "", "-", ""])  # fmt: skip
     if "rss" in phases:
         r = phases["rss"]
         peaks = ", ".join(f"{n} layers {gib(v['peak_rss_bytes']):.2f} GiB" for n, v in r["runs"].items())
@@ -496,7 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--requantize", nargs=3, type=Path, metavar=("SRC", "LIKE", "DST"), help=argparse.SUPPRESS
     )
+    ap.add_argument("--compile-kernels", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.compile_kernels:
+        compile_kernels()
+        return 0
     if args.floor:
         floor_io(json.loads(args.floor[0].read_text()), args.floor[1])
         return 0

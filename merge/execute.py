@@ -146,7 +146,7 @@ class Engine:
             raw = [
                 self.readers.read(i) for i in ([st.weight, st.scale] if st.scale is not None else [st.weight])
             ]
-            if not all(mix.is_finite(t, self.ws) for t in raw):
+            if not all(mix.is_finite(t) for t in raw):
                 raise self._nonfinite(
                     item, [(item.source, 1.0)], [(1.0, raw[0], raw[1] if len(raw) > 1 else None)]
                 )  # type: ignore[list-item]
@@ -154,7 +154,7 @@ class Engine:
         parts = item.parts()
         loaded = self._load(item, parts, "m")
         out, scale = mix.merge(loaded, DTYPES[item.out[0].dtype][0], self.ws)
-        if not mix.is_finite(scale if scale is not None else out, self.ws):
+        if not mix.is_finite(scale if scale is not None else out):
             raise self._nonfinite(item, parts, loaded)
         return [out.cpu()] if scale is None else [out.cpu(), scale.cpu()]
 
