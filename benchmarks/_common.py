@@ -136,6 +136,8 @@ def machine(disk_path: str | Path = ".") -> dict[str, Any]:
         import torch
 
         info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except ImportError:
         pass
     return info
@@ -205,6 +207,7 @@ def write_results(
     json_path, md_path = results_dir / f"{stem}.json", results_dir / f"{stem}.md"
     json_path.write_text(json.dumps({**header, **data}, indent=2) + "\n")
     m = header["machine"]
+    gpus = f"GPUs {', '.join(m['gpus'])}, " if m.get("gpus") else ""
     md_path.write_text(
         f"# {stem}\n\n"
         f"- command: `{header['command']}`\n"
@@ -212,7 +215,7 @@ def write_results(
         f"- machine: {m['cpu']}, {m['nproc']} cores, {m['ram_gib']} GiB RAM, disk {m['disk']['device']} "
         f"({'rotational' if m['disk']['rotational'] else 'non-rotational'} per the kernel, "
         f"{m['disk']['size_gib']} GiB), Linux {m['kernel']}, Python {m['python']}, torch {m.get('torch', '-')}, "
-        f"load average at the end {m['loadavg_1_5_15']}\n\n{summary_md.strip()}\n"
+        f"{gpus}load average at the end {m['loadavg_1_5_15']}\n\n{summary_md.strip()}\n"
     )
     return json_path, md_path
 

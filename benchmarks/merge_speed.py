@@ -286,10 +286,77 @@ def timed(cmd: list[str], out: Path | None, cold: bool, env: dict[str, str] | No
     }
 
 
-def merge_cmd(recipe: Path, out: Path, workers: int | None) -> list[str]:
-    return [str(BIN / "chimera-merge"), "build", str(recipe), "--out", str(out), "--no-progress"] + (
+def merge_cmd(recipe: Path, out: Path, workers: int | None, device: str = "cpu") -> list[str]:
+    # the console script where the project is installed; the module where it only is on PYTHONPATH (GPU machine)
+    cli = [str(BIN / "chimera-merge")] if (BIN / "chimera-merge").exists() else [PY, "-m", "merge.cli"]
+    return [*cli, "build", str(recipe), "--out", str(out), "--no-progress", "--device", device] + (
         ["--workers", str(workers)] if workers else []
     )
+
+
+def merge_key(variant: str, device: str) -> str:
+    return f"merge {variant}" if device == "cpu" else f"merge {variant} [{device}]"
+
+
+def compare_children(a: Path, b: Path) -> dict[str, Any]:
+    """How two builds of one recipe differ: tensors and bytes not identical, and the largest per-tensor
+    r = ||b - a|| / ||a|| (FP8 dequantized, from `chimera-merge diff`)."""
+    import numpy as np
+
+    from merge.checkpoint import Checkpoint
+    from merge.diff import diff_checkpoints
+
+    ca, cb = Checkpoint.open(a), Checkpoint.open(b)
+    differing, nbytes, bad = 0, 0, []
+    for name in sorted(ca.tensors):
+        x, y = (np.frombuffer(c.read_raw(name), np.uint8) for c in (ca, cb))
+        n = int(np.count_nonzero(x != y)) if x.shape == y.shape else x.size
+        nbytes += x.size
+        if n:
+            differing += n
+            bad.append(name)
+    ca.close()
+    cb.close()
+    rows = diff_checkpoints(a, b, workers=os.cpu_count() or 1).rows
+    return {
+        "tensors": len(ca.tensors),
+        "differing_tensors": len(bad),
+        "differing_bytes": differing,
+        "bytes": nbytes,
+        "max_r": max((r.r for r in rows), default=0.0),
+        "first_differing": bad[:5],
+    }
+
+
+def gpu_chunk_timing(reps: int = 20) -> dict[str, Any]:
+    """One routed-expert merge ([2048, 7168], three FP8 parents -> FP8) on the GPU, in process, per chunk size
+    of merge.mix's torch path; tensors already on the GPU, so this is the arithmetic alone."""
+    import torch
+
+    from merge import fp8, mix
+
+    dev = torch.device("cuda")
+    parts = []
+    for w in WEIGHTS.values():
+        q, sc = fp8.quantize(torch.randn(2048, 7168))
+        parts.append((w, q.to(dev), sc.to(dev)))
+    out: dict[str, Any] = {}
+    saved = mix.GPU_CHUNK_BYTES
+    try:
+        for label, nbytes in (("4 MiB (the CPU's)", 4 << 20), ("256 MiB (whole tensor)", 256 << 20)):
+            mix.GPU_CHUNK_BYTES = nbytes
+            ws = mix.Workspace()
+            times = []
+            for _ in range(reps + 3):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                mix.merge(parts, torch.float8_e4m3fn, ws)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            out[label] = round(statistics.median(times[3:]) * 1e3, 3)
+    finally:
+        mix.GPU_CHUNK_BYTES = saved
+    return {"tensor": [2048, 7168], "median_ms": out, "gpu": torch.cuda.get_device_name(0)}
 
 
 def me(*args: Any) -> list[str]:
@@ -326,8 +393,9 @@ def phase_speed(args: argparse.Namespace) -> dict[str, Any]:
             args.work / "out-floor",
             None,
         )
-        out = args.work / f"out-{variant}"
-        jobs[f"merge {variant}"] = (merge_cmd(recipe, out, args.workers), out, None)
+        for dev in args.devices:
+            out = args.work / f"out-{variant}-{dev}"
+            jobs[merge_key(variant, dev)] = (merge_cmd(recipe, out, args.workers, dev), out, None)
     # interpreter + imports (torch): a fixed cost per build that a 2-layer model shows and a 688 GB one hides
     jobs["merge imports"] = ([PY, "-c", "import merge.execute, merge.cli"], None, None)
     # the CPU kernels' JIT compile, paid by a machine's first merge only (numba caches the machine code): the
@@ -344,6 +412,13 @@ def phase_speed(args: argparse.Namespace) -> dict[str, Any]:
             runs[key].append(r)
             print(f"rep {rep} {key:14s} wall {r['wall_s']:7.2f} s + sync {r['sync_s']:5.2f} s  CPU {r['cpu_s']:6.1f} s  "
                   f"load {r['load_1min_before']:.1f}  peak RSS {gib(r['peak_rss_bytes']):.2f} GiB", flush=True)  # fmt: skip
+    # every build of one recipe must give the same child, whatever the device: the last runs' outputs, compared
+    same = {
+        f"{v} {dev}": compare_children(args.work / f"out-{v}-cpu", args.work / f"out-{v}-{dev}")
+        for v in ("experts", "all")
+        for dev in args.devices
+        if dev != "cpu"
+    }
     for _, out, _ in jobs.values():
         if out is not None:
             shutil.rmtree(out, ignore_errors=True)
@@ -353,13 +428,16 @@ def phase_speed(args: argparse.Namespace) -> dict[str, Any]:
     }
     start = med["merge imports"]["wall_s"]
     ratios = {
-        v: {m: round(med[f"merge {v}"][m] / med[f"floor {v}"][m], 3) for m in ("wall_s", "durable_s")}
+        (v if dev == "cpu" else f"{v} [{dev}]"): {
+            m: round(med[merge_key(v, dev)][m] / med[f"floor {v}"][m], 3) for m in ("wall_s", "durable_s")
+        }
         | {
             "durable_s_without_imports": round(
-                (med[f"merge {v}"]["durable_s"] - start) / med[f"floor {v}"]["durable_s"], 3
+                (med[merge_key(v, dev)]["durable_s"] - start) / med[f"floor {v}"]["durable_s"], 3
             )
         }
         for v in ("experts", "all")
+        for dev in args.devices
     }
     return {
         "layers": args.layers,
@@ -372,6 +450,9 @@ def phase_speed(args: argparse.Namespace) -> dict[str, Any]:
         "runs": runs,
         "median": med,
         "ratio_merge_over_floor": ratios,
+        "devices": args.devices,
+        "children_vs_cpu": same,
+        **({"gpu_chunk_timing": gpu_chunk_timing()} if "cuda" in args.devices else {}),
     }
 
 
@@ -443,13 +524,22 @@ def table(phases: dict[str, Any]) -> str:
     for key in sorted(k for k in phases if k.startswith("speed")):
         s = phases[key]
         for v in ("experts", "all"):
-            f, m = s["median"][f"floor {v}"], s["median"][f"merge {v}"]
-            ratio = s["ratio_merge_over_floor"][v]["durable_s"]
-            rows.append([f"{s['layers']} layers: merge `{v}` vs floor, s (wall+sync)", f"{m['durable_s']:.1f} vs {f['durable_s']:.1f}",
-                         f"{ratio:.2f}x", "<= 1.5x", "ok" if ratio <= 1.5 else "MISSED"])  # fmt: skip
-            lean = s["ratio_merge_over_floor"][v]["durable_s_without_imports"]
-            rows.append([f"  same, less chimera-merge's imports ({s['median']['merge imports']['wall_s']:.1f} s)",
-                         "", f"{lean:.2f}x", "<= 1.5x", "ok" if lean <= 1.5 else "MISSED"])  # fmt: skip
+            for dev in s.get("devices", ["cpu"]):
+                f, m = s["median"][f"floor {v}"], s["median"][merge_key(v, dev)]
+                ratio = s["ratio_merge_over_floor"][v if dev == "cpu" else f"{v} [{dev}]"]
+                rows.append([f"{s['layers']} layers: merge `{v}` on {dev} vs floor, s (wall+sync)",
+                             f"{m['durable_s']:.1f} vs {f['durable_s']:.1f}", f"{ratio['durable_s']:.2f}x", "<= 1.5x",
+                             "ok" if ratio["durable_s"] <= 1.5 else "MISSED"])  # fmt: skip
+                lean = ratio["durable_s_without_imports"]
+                rows.append([f"  same, less chimera-merge's imports ({s['median']['merge imports']['wall_s']:.1f} s)",
+                             "", f"{lean:.2f}x", "<= 1.5x", "ok" if lean <= 1.5 else "MISSED"])  # fmt: skip
+        for key, c in s.get("children_vs_cpu", {}).items():
+            rows.append([f"child `{key}` vs the CPU-built child: differing tensors, bytes; max r",
+                         f"{c['differing_tensors']}/{c['tensors']}, {c['differing_bytes']}/{c['bytes']}; {c['max_r']:.2e}",
+                         "", "identical", "ok" if c["differing_bytes"] == 0 else "DIFFERS"])  # fmt: skip
+        if g := s.get("gpu_chunk_timing"):
+            rows.append([f"GPU arithmetic of one expert merge by chunk size, ms ({g['gpu']})",
+                         ", ".join(f"{k}: {v:.2f}" for k, v in g["median_ms"].items()), "", "-", ""])  # fmt: skip
         if "kernels compile" in s["median"]:
             cold, warm = (s["median"][f"kernels {k}"]["wall_s"] for k in ("compile", "cached"))
             rows.append(["CPU kernels, empty vs filled numba cache, s (the JIT compile: a machine's first merge)",
@@ -515,6 +605,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experts", type=int, default=8, help="routed experts per layer")
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--workers", type=int, default=None, help="chimera-merge --workers (default: its own)")
+    ap.add_argument(
+        "--gpu",
+        action="store_true",
+        help="speed: also merge with --device cuda, compare its child with the CPU's byte for byte",
+    )
+    ap.add_argument("--results", default="merge-speed", help="results file stem under benchmarks/results/")
     ap.add_argument("--sample", type=int, default=12, help="expert tensors checked against float64")
     ap.add_argument("--hot", action="store_true", help="do not drop the page cache before timed runs")
     # internal steps, run as measured subprocesses
@@ -525,6 +621,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--compile-kernels", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.devices = ["cpu", "cuda"] if args.gpu else ["cpu"]
+    if args.gpu and not __import__("torch").cuda.is_available():
+        ap.error(
+            "--gpu: torch sees no CUDA device here; run it on a GPU machine (benchmarks/gpu/run_merge_speed.sh)"
+        )
     if args.compile_kernels:
         compile_kernels()
         return 0
@@ -541,24 +642,25 @@ def main(argv: list[str] | None = None) -> int:
     stamp = {"command": command_line(),
              "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
     run = {"speed": phase_speed, "rss": phase_rss, "detour": phase_detour}
-    prev = RESULTS / "merge-speed.json"
+    prev = RESULTS / f"{args.results}.json"
     phases = json.loads(prev.read_text()).get("phases", {}) if prev.exists() else {}
     for name in args.only or list(run):
         # each phase keeps the command and date that made it; speed runs of other depths sit beside the default's
         key = f"speed-L{args.layers}" if name == "speed" and args.layers != DEFAULT_LAYERS else name
         phases[key] = {**stamp, **run[name](args)}
-        md = save(phases, args.work)  # after every phase: a later failure keeps the earlier figures
+        # saved after every phase: a later failure keeps the earlier figures
+        md = save(phases, args.work, args.results)
     print("\n" + md)
     return 0
 
 
-def save(phases: dict[str, Any], work: Path) -> str:
+def save(phases: dict[str, Any], work: Path, stem: str) -> str:
     md = table(phases) + "\n\n" + setup_notes(phases)
     notes = "\n".join(
         f"- {k}: `{v['command']}` at {v['date_utc']}; page cache: {v['page_cache']}"
         for k, v in phases.items()
     )
-    write_results("merge-speed", {"setup": {"full_shapes": FULL_SHAPES, "weights": WEIGHTS}, "phases": phases},
+    write_results(stem, {"setup": {"full_shapes": FULL_SHAPES, "weights": WEIGHTS}, "phases": phases},
                   f"{md}\n\nPhases:\n{notes}\n", disk_path=work)  # fmt: skip
     return md
 

@@ -107,8 +107,11 @@ class Engine:
         return self._local.ws
 
     def _read(self, info: TensorInfo, key: str) -> torch.Tensor:
-        t = self.readers.read(info, self.ws.get(key, (info.nbytes,), torch.uint8, torch.device("cpu")))
-        return t.to(self.device) if self.device.type != "cpu" else t
+        gpu = self.device.type != "cpu"
+        buf = self.ws.get(key, (info.nbytes,), torch.uint8, torch.device("cpu"), pin=gpu)
+        t = self.readers.read(info, buf)
+        # A blocking copy: the buffer is this worker's and is refilled by its next read.
+        return t.to(self.device) if gpu else t
 
     def _load(self, item: Item, parts: list[tuple[str, float]], key: str) -> list[mix.Part]:
         loaded: list[mix.Part] = []

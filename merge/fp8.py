@@ -45,6 +45,13 @@ def dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: int = BLOCK
     return weight.to(torch.float32) * _expand(scale_inv.to(torch.float32), rows, cols, block)
 
 
+def amax_to_scale(amax: torch.Tensor) -> torch.Tensor:
+    """amax / 448, correctly rounded on every device. Not `amax / FP8_MAX`: torch's CUDA kernels turn division
+    by a Python number into multiplication by its float32 reciprocal (1/448 is inexact), which on an H200 moved
+    scales by one ulp against the CPU's and changed the child's bytes."""
+    return amax / torch.full((), FP8_MAX, dtype=amax.dtype, device=amax.device)
+
+
 def quantize(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
     """float weight [rows, cols] -> (float8_e4m3fn [rows, cols], float32 scale_inv [rb, cb]).
 
@@ -56,6 +63,6 @@ def quantize(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, to
     w = weight.to(torch.float32)
     padded = torch.nn.functional.pad(w, (0, cb * block - cols, 0, rb * block - rows))
     amax = padded.view(rb, block, cb, block).abs().amax(dim=(1, 3))  # [rb, cb]
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    scale = torch.where(amax > 0, amax_to_scale(amax), torch.ones_like(amax))
     q = (w / _expand(scale, rows, cols, block)).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return q, scale

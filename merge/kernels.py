@@ -12,7 +12,8 @@ devices and dtypes. That takes doing torch's arithmetic step for step:
   - acc = x_0 * f_0, then acc = acc + x_i * f_i; torch's AVX2/AVX-512 builds fuse `addcmul_` and
     `add_(alpha=)` into one FMA, its baseline build does not: `torch_fuses()` asks torch, the kernels follow;
   - an edge block's amax includes torch's zero padding (0 x a NaN/Inf scale is NaN: the NaN check fires);
-  - e4m3fn as torch 2.13 casts: round half to even, NaN stays NaN, past 464 (Inf too) saturates to +-448;
+  - e4m3fn as torch 2.13 casts: round half to even, NaN stays NaN, past 464 (Inf too) saturates to +-448
+    (torch 2.11's CPU cast gives NaN past 464; a merge never gets there: |x / scale| <= 448 up to a rounding);
     bf16: round half to even (NaN -> 0x7FC0; torch's vector cast writes 0xFFFF: a NaN either way, and a NaN
     child fails the merge's finite check).
 

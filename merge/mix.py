@@ -8,11 +8,11 @@ and cast once: to bf16/f32, or requantized to block FP8 with fresh scales (block
 Speed. On the CPU, 2-D merges and distances run in merge.kernels: numba loops that do all the elementwise work
 of a row in one pass, bit-identical to the torch code below (~3x less CPU per tensor, and free of the GIL).
 That torch code is the reference and the path for other devices: 2-D tensors are processed in chunks of whole
-128-row block rows (~4 MB of float32), so the ~8 passes of elementwise work (decode, scale, accumulate, amax,
-amin, divide, cast) run in cache instead of streaming a full-size float32 tensor through memory 8 times; w_i is
-folded into the block scales; FP8 decodes through a 256-entry table (a gather is ~2x faster than torch's CPU
-cast); and each worker reuses its scratch buffers (a fresh tensor costs page faults on first touch). Nothing
-here knows about files; tensors may live on any device.
+128-row block rows (~4 MB of float32 on the CPU; whole tensors up to 256 MB on a GPU), so the ~8 passes of
+elementwise work (decode, scale, accumulate, amax, amin, divide, cast) run in cache instead of streaming a
+full-size float32 tensor through memory 8 times; w_i is folded into the block scales; FP8 decodes through a
+256-entry table (a gather is ~2x faster than torch's CPU cast); and each worker reuses its scratch buffers (a
+fresh tensor costs page faults on first touch). Nothing here knows about files; tensors may live on any device.
 """
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ from types import ModuleType
 
 import torch
 
-from merge.fp8 import BLOCK, FP8_DTYPE, FP8_MAX, scale_shape
+from merge.fp8 import BLOCK, FP8_DTYPE, amax_to_scale, scale_shape
 
 Part = tuple[float, torch.Tensor, "torch.Tensor | None"]
-CHUNK_BYTES = 4 << 20  # float32 bytes per chunk of block rows (measured best of 1-32 MB)
+CHUNK_BYTES = 4 << 20  # float32 bytes per chunk of block rows on the CPU (measured best of 1-32 MB)
+# On a GPU what costs is the ~10 kernel launches per chunk, not memory traffic: one expert merge took 5.97 ms in
+# 4 MB chunks and 0.58 ms whole on an H200 (benchmarks/results/merge-speed-gpu.md). Capped so that a worker's
+# scratch stays small next to the weights (an embedding is 3.7 GB of float32).
+GPU_CHUNK_BYTES = 256 << 20
 
 
 class Workspace:
@@ -35,11 +39,14 @@ class Workspace:
     def __init__(self) -> None:
         self._bufs: dict[str, torch.Tensor] = {}
 
-    def get(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def get(
+        self, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, pin: bool = False
+    ) -> torch.Tensor:
+        """pin: page-locked host memory (copies to a GPU from it run at full DMA speed, without staging)."""
         n = math.prod(shape)
         buf = self._bufs.get(key)
-        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
-            buf = self._bufs[key] = torch.empty(n, dtype=dtype, device=device)
+        if buf is None or buf.numel() < n or (buf.dtype, buf.device, buf.is_pinned()) != (dtype, device, pin):
+            buf = self._bufs[key] = torch.empty(n, dtype=dtype, device=device, pin_memory=pin)
         return buf[:n].view(shape)
 
 
@@ -68,10 +75,11 @@ def _fill(dst: torch.Tensor, rows: torch.Tensor, ws: Workspace) -> None:
         dst[:n, :cols].copy_(rows)
 
 
-def chunk_rows(cols: int) -> int:
-    """Rows per chunk: whole 128-row blocks, about CHUNK_BYTES of float32."""
+def chunk_rows(cols: int, device: torch.device | None = None) -> int:
+    """Rows per chunk: whole 128-row blocks, about CHUNK_BYTES of float32 (GPU_CHUNK_BYTES off the CPU)."""
     padded = scale_shape((1, cols))[1] * BLOCK
-    return max(1, CHUNK_BYTES // (padded * 4 * BLOCK)) * BLOCK
+    budget = CHUNK_BYTES if device is None or device.type == "cpu" else GPU_CHUNK_BYTES
+    return max(1, budget // (padded * 4 * BLOCK)) * BLOCK
 
 
 def _chunk(parts: list[Part], r0: int, r1: int, ws: Workspace, key: str, fused: bool) -> torch.Tensor:
@@ -121,7 +129,7 @@ def _quantize_chunk(chunk: torch.Tensor) -> torch.Tensor:
     blocks = _blocks(chunk)
     amax = torch.maximum(blocks.amax(dim=(1, 3)), blocks.amin(dim=(1, 3)).neg_())
     # amax == 0 (not amax > 0, as in fp8.quantize: same for finite values) so a NaN block keeps a NaN scale
-    scale = torch.where(amax == 0, torch.ones_like(amax), amax / FP8_MAX)
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax_to_scale(amax))
     blocks.div_(scale[:, None, :, None])
     return scale
 
@@ -159,7 +167,7 @@ def merge(
         if dtype == FP8_DTYPE
         else None
     )
-    step = chunk_rows(cols)
+    step = chunk_rows(cols, t0.device)
     for r0 in range(0, rows, step):
         n = min(r0 + step, rows) - r0
         chunk = _chunk(parts, r0, r0 + step, ws, "acc", fused=False)
@@ -178,7 +186,7 @@ def distance(
     if t0.dim() != 2:
         return relative_distance(_flat(parts), _flat(base))
     diff2 = norm2 = 0.0
-    step = chunk_rows(t0.shape[1])
+    step = chunk_rows(t0.shape[1], t0.device)
     for r0 in range(0, t0.shape[0], step):
         m = _chunk(parts, r0, r0 + step, ws, "acc", fused)
         b = _chunk(base, r0, r0 + step, ws, "base", fused)

@@ -159,6 +159,23 @@ def test_workers_do_not_change_bytes(
     assert (tmp_path / "w1" / "merge-manifest.json").read_text() == (out / "merge-manifest.json").read_text()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_build_is_byte_identical_to_the_cpu_build(
+    three_way: tuple[Path, Recipe], tmp_path: Path
+) -> None:
+    """--device cuda: FP8 and bf16 parents, a threshold rule (distances on the GPU), requantized FP8 out."""
+    out, r = three_way
+    build_child(r, tmp_path / "cuda", workers=2, device="cuda")
+    for p in sorted(out.glob("model-*.safetensors")):
+        assert (tmp_path / "cuda" / p.name).read_bytes() == p.read_bytes(), p.name
+
+    def decisions(d: Path) -> list[tuple[str, str]]:
+        return [(t["name"], t["decision"]) for t in manifest(d)["tensors"]]
+
+    assert decisions(tmp_path / "cuda") == decisions(out)
+
+
 def test_dry_run_plan_from_headers(parents: dict[str, Path], three_way: tuple[Path, Recipe]) -> None:
     _, r = three_way
     plan = plan_recipe(r)

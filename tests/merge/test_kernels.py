@@ -112,11 +112,18 @@ def _dense_floats() -> torch.Tensor:
 
 
 def test_e4m3_encoder_matches_torch_cast_densely() -> None:
-    """Ties to even, subnormals, 448 < x <= 464 (rounds to 448), past 464 and Inf (saturate), NaN."""
+    """Ties to even, subnormals, 448 < x <= 464 (rounds to 448), NaN: as torch casts, on every release.
+    Past 464 and Inf (never reached by a merge: |x / scale| <= 448 up to a rounding) the encoder saturates to
+    +-448 as torch 2.13's CPU cast does; torch 2.11's gives NaN there (seen on the GPU host), so that range is
+    checked against the definition, not against the installed torch."""
     x = _dense_floats()
     out = np.empty(x.numel(), np.uint8)
     _encode(x.numpy(), out)
-    assert np.array_equal(out, x.to(FP8).view(torch.uint8).numpy())
+    big = (x.abs() > 464).numpy() & ~np.isnan(x.numpy())
+    assert np.array_equal(out[~big], x.to(FP8).view(torch.uint8).numpy()[~big])
+    assert big.sum() > 0 and np.array_equal(
+        out[big], np.where(x.numpy()[big] > 0, 0x7E, 0xFE).astype(np.uint8)
+    )
 
 
 def test_bf16_encoder_and_fp8_decoder_match_torch() -> None:

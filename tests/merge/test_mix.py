@@ -104,3 +104,16 @@ def test_nonfinite_detected() -> None:
     )
     _q, s = mix.merge([(1.0, x, None)], torch.float8_e4m3fn)
     assert s is not None and not mix.is_finite(s)  # a NaN block keeps a NaN scale: never silently hidden
+
+
+def test_block_scale_is_correctly_rounded() -> None:
+    """amax / 448 rounded once: a float32 quotient computed in float64 and rounded is the correctly rounded one.
+    (torch's CUDA division by a Python number multiplies by 1/448 instead and misses in ~2/3 of blocks.)"""
+    amax = torch.rand(4096, generator=torch.Generator().manual_seed(9)) * 10
+    assert torch.equal(fp8.amax_to_scale(amax), (amax.double() / fp8.FP8_MAX).float())
+
+
+def test_chunks_are_small_on_the_cpu_and_whole_tensors_on_a_gpu() -> None:
+    assert mix.chunk_rows(7168) == mix.chunk_rows(7168, torch.device("cpu")) == 128  # ~4 MB of float32
+    assert mix.chunk_rows(7168, torch.device("cuda")) >= 2048  # a routed expert [2048, 7168] in one chunk
+    assert mix.chunk_rows(7168, torch.device("cuda")) % fp8.BLOCK == 0
