@@ -29,8 +29,8 @@ def differing(a: torch.Tensor, b: torch.Tensor) -> int:
 
 def block_amax(x: torch.Tensor) -> torch.Tensor:
     rb, cb = fp8.scale_shape(x.shape)
-    pad = torch.nn.functional.pad(x, (0, cb * 128 - x.shape[1], 0, rb * 128 - x.shape[0]))
-    return pad.view(rb, 128, cb, 128).abs().amax(dim=(1, 3))
+    pad = torch.nn.functional.pad(x, (0, cb * fp8.BLOCK - x.shape[1], 0, rb * fp8.BLOCK - x.shape[0]))
+    return pad.view(rb, fp8.BLOCK, cb, fp8.BLOCK).abs().amax(dim=(1, 3))
 
 
 def case(shape: tuple[int, int], seed: int, dtype: torch.dtype) -> dict[str, int | str]:
