@@ -45,6 +45,14 @@ def dequantize(weight: torch.Tensor, scale_inv: torch.Tensor, block: int = BLOCK
     return weight.to(torch.float32) * _expand(scale_inv.to(torch.float32), rows, cols, block)
 
 
+def block_amax(w: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """Largest magnitude of each block of a float [rows, cols] tensor: [ceil(rows/block), ceil(cols/block)]."""
+    rows, cols = w.shape
+    rb, cb = scale_shape((rows, cols), block)
+    padded = torch.nn.functional.pad(w, (0, cb * block - cols, 0, rb * block - rows))
+    return padded.view(rb, block, cb, block).abs().amax(dim=(1, 3))
+
+
 def amax_to_scale(amax: torch.Tensor) -> torch.Tensor:
     """amax / 448, correctly rounded on every device. Not `amax / FP8_MAX`: torch's CUDA kernels turn division
     by a Python number into multiplication by its float32 reciprocal (1/448 is inexact), which on an H200 moved
@@ -59,10 +67,8 @@ def quantize(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, to
     and loaders check that scales are positive).
     """
     rows, cols = weight.shape
-    rb, cb = scale_shape((rows, cols), block)
     w = weight.to(torch.float32)
-    padded = torch.nn.functional.pad(w, (0, cb * block - cols, 0, rb * block - rows))
-    amax = padded.view(rb, block, cb, block).abs().amax(dim=(1, 3))  # [rb, cb]
+    amax = block_amax(w, block)
     scale = torch.where(amax > 0, amax_to_scale(amax), torch.ones_like(amax))
     q = (w / _expand(scale, rows, cols, block)).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return q, scale

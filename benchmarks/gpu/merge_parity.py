@@ -27,12 +27,6 @@ def differing(a: torch.Tensor, b: torch.Tensor) -> int:
     return int((a.cpu().view(ints) != b.cpu().view(ints)).sum())
 
 
-def block_amax(x: torch.Tensor) -> torch.Tensor:
-    rb, cb = fp8.scale_shape(x.shape)
-    pad = torch.nn.functional.pad(x, (0, cb * fp8.BLOCK - x.shape[1], 0, rb * fp8.BLOCK - x.shape[0]))
-    return pad.view(rb, fp8.BLOCK, cb, fp8.BLOCK).abs().amax(dim=(1, 3))
-
-
 def case(shape: tuple[int, int], seed: int, dtype: torch.dtype) -> dict[str, int | str]:
     g = torch.Generator().manual_seed(seed)
     cpu: list[mix.Part] = []
@@ -41,7 +35,7 @@ def case(shape: tuple[int, int], seed: int, dtype: torch.dtype) -> dict[str, int
         cpu.append((w, *fp8.quantize(x)) if dtype == fp8.FP8_DTYPE else (w, x.to(dtype), None))
     gpu = [(w, t.cuda(), s.cuda() if s is not None else None) for w, t, s in cpu]
     x_cpu, x_gpu = mix.interpolate(cpu), mix.interpolate(gpu)
-    amax = block_amax(x_cpu)
+    amax = fp8.block_amax(x_cpu)
     out: dict[str, int | str] = {"shape": str(list(shape)), "dtype": str(dtype), "seed": seed}
     out["elements"] = x_cpu.numel()
     out["interpolation f32"] = differing(x_cpu, x_gpu)
