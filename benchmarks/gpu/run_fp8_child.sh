@@ -13,7 +13,14 @@ export PYTHONPATH=/tmp/site:/tmp/site-extra:.${PYTHONPATH:+:$PYTHONPATH} PYTHONU
 export VLLM_USE_DEEP_GEMM=0 VLLM_MOE_USE_DEEP_GEMM=0 VLLM_USE_FLASHINFER_SAMPLER=0
 G="python3 benchmarks/gpu/fp8_child.py --work $WORK --prompts ${PROMPTS:-128} --check"
 if [ "$MODE" = build ]; then
-  if $G --stages build,hf; then touch /root/fp8child.done; else touch /root/fp8child.failed; fi
+  # The parents (~28 GB at one MoE layer) go to RAM when the disk cannot also hold them: /dev/shm, or a tmpfs of
+  # our own where /dev/shm is small.
+  RAM=/dev/shm
+  if [ "$(df --output=avail -B1 /dev/shm 2>/dev/null | tail -1)" -lt 32000000000 ] 2>/dev/null; then
+    mkdir -p /mnt/fp8ram && mount -t tmpfs -o size=48g tmpfs /mnt/fp8ram && RAM=/mnt/fp8ram
+  fi
+  df -h / "$RAM"
+  if $G --stages build,hf --ram-dir "$RAM"; then touch /root/fp8child.done; else touch /root/fp8child.failed; fi
   exit 0
 fi
 DEADLINE=${DEADLINE:-$(( $(date +%s) + 560 ))}  # epoch seconds: the call's end, less a margin

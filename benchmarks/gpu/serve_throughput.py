@@ -65,7 +65,7 @@ def load_level(base: str, model: Path, shape: Any, a: argparse.Namespace) -> dic
 
     cfg = LoadConfig(
         url=base, model=servers.NAME, shape=shape, max_requests=a.requests_per_level(shape),
-        max_duration_s=a.level_timeout, warmup_requests=0, crosscheck=False, temperature=0.0,
+        max_duration_s=a.level_timeout, drain_s=30, warmup_requests=0, crosscheck=False, temperature=0.0,
         workload=SyntheticWorkload(input_len=Fixed(value=a.prompt_tokens), output_len=Fixed(value=a.output_tokens),
                                    tokenizer=model),
     )  # fmt: skip
@@ -175,7 +175,7 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--gpu-mem", type=float, default=0.92)
     ap.add_argument(
-        "--reserve-gib", type=float, default=12.0, help="GPU memory kept for activations, workspaces"
+        "--reserve-gib", type=float, default=16.0, help="GPU memory kept for activations, workspaces"
     )
     ap.add_argument(
         "--compiled", action="store_true", help="CUDA graphs (vLLM's default); else --enforce-eager"
