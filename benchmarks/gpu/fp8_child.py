@@ -226,10 +226,12 @@ def markdown(result: dict[str, Any]) -> str:
     b, rows = result.get("build", {}), []
     for label, p in result["pairs"].items():
         rows.append([label, p["first_token"], p["common_prefix"]])
-    plan = b.get("plan", {})
+    plan, cfg = b.get("plan", {}), b.get("config", {})
     lines = [
-        f"FP8 child of two synthetic DeepSeek-V3-width parents ({plan.get('layers')} layers: {plan.get('dense')} dense, "
-        f"{plan.get('moe')} MoE with 256 routed experts top-8; vocab {result['vocab']}), built by chimera-merge "
+        f"FP8 child of two synthetic parents (hidden {cfg.get('hidden_size')}, {cfg.get('num_attention_heads')} heads, "
+        f"{plan.get('layers')} layers: {plan.get('dense')} dense, {plan.get('moe')} MoE with "
+        f"{cfg.get('n_routed_experts')} routed experts top-{cfg.get('num_experts_per_tok')}; vocab {result['vocab']}), "
+        f"built by chimera-merge "
         f"--device {b.get('device')}, served by chimera-serve; {result['prompts']} prompts x {result['steps']} greedy tokens.",
         "",
         markdown_table(["pair", "first token", "common prefix"], rows),
