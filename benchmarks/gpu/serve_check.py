@@ -112,13 +112,13 @@ def checks(c: httpx.Client, model: str) -> dict[str, Callable[[], str]]:
 
     def metrics() -> str:
         text = _ok(c.get("/metrics"))
-        served = sum(
+        served = sum(  # answered generation requests only (rejected /v1/models polls at start-up count too)
             float(ln.rsplit(" ", 1)[1])
             for ln in text.splitlines()
-            if ln.startswith("chimera_requests_total{")
+            if ln.startswith("chimera_requests_total{") and 'status="200"' in ln and "completions" in ln
         )
         if served < 4:  # the four generation checks before this one
-            raise AssertionError(f"chimera_requests_total sums to {served}, expected >= 4")
+            raise AssertionError(f"answered completions in chimera_requests_total: {served}, expected >= 4")
         if "\nvllm:" not in text:
             raise AssertionError("no vllm:* metrics beside ours")
         return f"ok chimera_requests_total {served:g}, vllm:* present"

@@ -133,7 +133,7 @@ def compare(res: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(result: dict[str, Any]) -> str:
     from benchmarks._common import markdown_table
 
-    p = result["plan"]
+    p, w = result["plan"], dsv3.WIDTHS[result["widths"]]
     head = ["load", "chimera tok/s", "vLLM tok/s", "ratio", "TTFT p50/p99 s (chimera | vLLM)",
             "TPOT p50/p99 ms (chimera | vLLM)"]  # fmt: skip
     ms = lambda x: "-" if x is None else f"{1000 * x:.1f}"  # noqa: E731
@@ -145,8 +145,10 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{s(ch['ttft_p50'])}/{s(ch['ttft_p99'])} | {s(vl.get('ttft_p50'))}/{s(vl.get('ttft_p99'))}",
                      f"{ms(ch['tpot_p50'])}/{ms(ch['tpot_p99'])} | {ms(vl.get('tpot_p50'))}/{ms(vl.get('tpot_p99'))}"])  # fmt: skip
     return "\n".join([
-        f"Model: DeepSeek-V3 widths, FP8 dummy weights, {p['layers']} layers ({p['dense']} dense + {p['moe']} MoE, 256 "
-        f"experts top-8), vocab {result['vocab']}; weights {p['weight_bytes'] / GiB:.1f} GiB. Load: chimera-load, "
+        f"Model: {result['widths']} widths ({w['hidden_size']} hidden, {w['num_attention_heads']} heads), "
+        f"{'FP8' if result['widths'] != 'tiny' else 'bf16'} dummy weights, {p['layers']} layers ({p['dense']} dense + "
+        f"{p['moe']} MoE, {w['n_routed_experts']} experts top-{w['num_experts_per_tok']}), vocab {result['vocab']}; "
+        f"weights {p['weight_bytes'] / GiB:.1f} GiB. Load: chimera-load, "
         f"streaming chat, {result['prompt_tokens']} prompt + {result['output_tokens']} output tokens, greedy.",
         f"Engine flags (both servers): `{' '.join(result['engine_flags'])}`; engine up in "
         f"{result['chimera']['engine_start_s']} s (chimera-serve), {result['vllm']['engine_start_s']} s (vLLM).",
