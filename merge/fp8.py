@@ -12,15 +12,32 @@ The merge. Parents are dequantized to float32, interpolated there (never in bf16
 happens once), and an FP8 child is requantized with fresh per-block scales: the parents' scales cannot be
 reused because the interpolated block has a different amax. bf16 tensors (norms, router, embeddings) never
 touch this module. Everything here is a pure function on tensors, on whatever device they live on.
+
+Block scales (one policy for every quantizer: `quantize` here, merge.mix's chunked one, merge.kernels' loops).
+scale = amax / 448, except: an all-zero block gets 1.0 (any positive scale reproduces zeros, and loaders check
+that scales are positive), and a scale below the smallest normal float32 (2^-126, blocks with amax under
+~5e-36) is raised to it: amax / 448 would otherwise be a subnormal that loses precision or underflows to 0,
+and a 0 scale turns the block into 0/0 = NaN bytes that only a full verify would catch. A NaN amax keeps a
+NaN scale, so a non-finite block is never hidden.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 BLOCK = 128
+MIN_SCALE = 2.0**-126  # smallest normal float32
+# config.json's quantization_config of a DeepSeek block-FP8 checkpoint.
+QUANTIZATION_CONFIG: dict[str, Any] = {
+    "activation_scheme": "dynamic",
+    "fmt": "e4m3",
+    "quant_method": "fp8",
+    "weight_block_size": [BLOCK, BLOCK],
+}
 
 
 def scale_shape(shape: tuple[int, ...] | torch.Size, block: int = BLOCK) -> tuple[int, int]:
@@ -60,15 +77,27 @@ def amax_to_scale(amax: torch.Tensor) -> torch.Tensor:
     return amax / torch.full((), FP8_MAX, dtype=amax.dtype, device=amax.device)
 
 
-def quantize(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """float weight [rows, cols] -> (float8_e4m3fn [rows, cols], float32 scale_inv [rb, cb]).
+def block_scales(amax: torch.Tensor) -> torch.Tensor:
+    """float32 block amax -> block scales under the policy of the module docstring (NaN stays NaN)."""
+    scale = amax_to_scale(amax)
+    scale = torch.where(scale < MIN_SCALE, MIN_SCALE, scale)  # NaN < x is false: NaN is kept
+    return torch.where(amax == 0, 1.0, scale)
 
-    scale = block amax / 448; an all-zero block gets scale 1.0 (any positive scale reproduces zeros,
-    and loaders check that scales are positive).
-    """
+
+def block_scale(amax: float) -> float:
+    """`block_scales` of one amax (merge.kernels compiles this function for its loops). amax / 448 in float64,
+    rounded to float32 when stored: the correctly rounded float32 quotient, as `amax_to_scale` computes it."""
+    if amax == 0:
+        return 1.0
+    scale = amax / FP8_MAX
+    return MIN_SCALE if scale < MIN_SCALE else scale
+
+
+def quantize(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """float weight [rows, cols] -> (float8_e4m3fn [rows, cols], float32 scale_inv [rb, cb]), scales by
+    `block_scales`."""
     rows, cols = weight.shape
     w = weight.to(torch.float32)
-    amax = block_amax(w, block)
-    scale = torch.where(amax > 0, amax_to_scale(amax), torch.ones_like(amax))
+    scale = block_scales(block_amax(w, block))
     q = (w / _expand(scale, rows, cols, block)).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return q, scale

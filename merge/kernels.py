@@ -37,7 +37,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from merge.fp8 import BLOCK, FP8_DTYPE, FP8_MAX, scale_shape
+from merge import fp8
+from merge.fp8 import BLOCK, FP8_DTYPE, scale_shape
 
 if TYPE_CHECKING:
     from merge.mix import Part
@@ -142,8 +143,8 @@ def _njit(fn: Callable[..., Any]) -> Any:
 
 @_njit
 def _requantize(data, kinds, fma, factors, buf, out, scale):
-    """out [rows, cols] uint8 (e4m3fn bits) and scale [rb, cb] (block amax / 448, 1.0 for an all-zero block),
-    one block row at a time in buf [128, cols] float32."""
+    """out [rows, cols] uint8 (e4m3fn bits) and scale [rb, cb] (merge.fp8's block-scale policy), one block row
+    at a time in buf [128, cols] float32."""
     rows, cols = out.shape
     tmp, fcol = np.empty(cols, np.float32), np.empty((len(data), cols), np.float32)
     colmax, div = np.empty(cols, np.uint32), np.empty(cols, np.float32)
@@ -161,7 +162,7 @@ def _requantize(data, kinds, fma, factors, buf, out, scale):
             a = _float(colmax[bj * BLOCK : (bj + 1) * BLOCK].max())
             if (nr < BLOCK or cols - bj * BLOCK < BLOCK) and np.isnan(_pad(fma, factors, bi, bj)):
                 a = np.float32(np.nan)
-            scale[bi, bj] = np.float32(1.0) if a == 0 else a / np.float32(FP8_MAX)
+            scale[bi, bj] = _block_scale(a)
             div[bj * BLOCK : (bj + 1) * BLOCK] = scale[bi, bj]
         for r in range(nr):
             row, o = buf[r], out[bi * BLOCK + r]
@@ -290,6 +291,10 @@ def _pad(fma, factors, bi, bj):
 
 
 # ---------------------------------------------------------------- scalar helpers (inlined into the kernels)
+
+# The one block-scale policy (zero block, tiny amax), compiled from merge.fp8's own function. numba's disk cache
+# keys on this file only: after changing merge.fp8, clear NUMBA_CACHE_DIR / __pycache__ so the kernels recompile.
+_block_scale = numba.njit(inline="always")(fp8.block_scale)
 
 
 @intrinsic

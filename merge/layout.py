@@ -38,7 +38,8 @@ _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 _EXPERT = re.compile(r"^model\.layers\.\d+\.mlp\.experts\.(\d+)\.")
 _ROUTER = re.compile(r"^model\.layers\.\d+\.mlp\.gate\.(weight|e_score_correction_bias)$")
 _DENSE = re.compile(r"^model\.layers\.\d+\.mlp\.(gate|up|down)_proj\.")
-# The projections DeepSeek stores as block FP8 (what `output.dtype: fp8` quantizes when no parent is FP8).
+# The linear weights DeepSeek stores as block FP8: what `output.dtype: fp8` quantizes when no parent is FP8, and
+# what `chimera-merge verify` requires in float8 (MTP's eh_proj and shared_head stay bf16).
 _FP8_PROJ = re.compile(
     r"(self_attn\.(q_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)"
     r"|mlp\.(experts\.\d+\.|shared_experts\.)?(gate|up|down)_proj)\.weight$"
@@ -51,11 +52,17 @@ def layer_of(name: str) -> int | None:
 
 
 def scale_name(weight: str) -> str:
+    """'<m>.weight' -> '<m>.weight_scale_inv'."""
     return weight + SCALE_SUFFIX
 
 
 def is_scale(name: str) -> bool:
     return name.endswith(".weight" + SCALE_SUFFIX)
+
+
+def weight_of(scale: str) -> str:
+    """'<m>.weight_scale_inv' -> '<m>.weight'."""
+    return scale.removesuffix(SCALE_SUFFIX)
 
 
 def is_fp8_projection(name: str) -> bool:

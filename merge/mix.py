@@ -23,7 +23,7 @@ from types import ModuleType
 
 import torch
 
-from merge.fp8 import BLOCK, FP8_DTYPE, amax_to_scale, scale_shape
+from merge.fp8 import BLOCK, FP8_DTYPE, block_scales, scale_shape
 
 Part = tuple[float, torch.Tensor, "torch.Tensor | None"]
 CHUNK_BYTES = 4 << 20  # float32 bytes per chunk of block rows on the CPU (measured best of 1-32 MB)
@@ -34,10 +34,22 @@ GPU_CHUNK_BYTES = 256 << 20
 
 
 class Workspace:
-    """Scratch buffers reused from tensor to tensor by one worker thread (sized to the largest chunk seen)."""
+    """Scratch buffers reused from tensor to tensor by one worker thread (sized to the largest chunk seen).
 
-    def __init__(self) -> None:
+    `trim()` after each tensor frees buffers above `keep_bytes`: a worker that read an embedding (1.85 GB at V3
+    size) must not hold that much for the rest of the build."""
+
+    def __init__(self, keep_bytes: int = 256 << 20) -> None:
         self._bufs: dict[str, torch.Tensor] = {}
+        self.keep_bytes = keep_bytes
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._bufs.values())
+
+    def trim(self) -> None:
+        for key in [k for k, b in self._bufs.items() if b.numel() * b.element_size() > self.keep_bytes]:
+            del self._bufs[key]
 
     def get(
         self, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, pin: bool = False
@@ -128,8 +140,7 @@ def _quantize_chunk(chunk: torch.Tensor) -> torch.Tensor:
     exceeds 448 by at most a rounding error, which the cast rounds to 448 exactly as a clamp would."""
     blocks = _blocks(chunk)
     amax = torch.maximum(blocks.amax(dim=(1, 3)), blocks.amin(dim=(1, 3)).neg_())
-    # amax == 0 (not amax > 0, as in fp8.quantize: same for finite values) so a NaN block keeps a NaN scale
-    scale = torch.where(amax == 0, torch.ones_like(amax), amax_to_scale(amax))
+    scale = block_scales(amax)
     blocks.div_(scale[:, None, :, None])
     return scale
 
@@ -177,24 +188,43 @@ def merge(
     return out, scale
 
 
-def distance(
-    parts: list[Part], base: list[Part], ws: Workspace | None = None, *, fused: bool = True
-) -> float:
-    """r = ||W* - W_base||_F / ||W_base||_F of two interpolations, chunk by chunk (float64 sums)."""
+def distance_sums(
+    parts: list[Part],
+    base: list[Part],
+    ws: Workspace | None = None,
+    *,
+    fused: bool = True,
+    acc: tuple[float, float] = (0.0, 0.0),
+) -> tuple[float, float]:
+    """acc + (||W* - W_base||_F^2, ||W_base||_F^2) of two 2-D interpolations, chunk by chunk in float64.
+    Rows split at multiples of `chunk_rows`, each window's sums added to the running `acc` in order, give the
+    same bits as the whole tensor: merge.engine reads big tensors in such windows."""
     ws = ws or Workspace()
     t0 = parts[0][1]
-    if t0.dim() != 2:
-        return relative_distance(_flat(parts), _flat(base))
-    diff2 = norm2 = 0.0
+    diff2, norm2 = acc
     step = chunk_rows(t0.shape[1], t0.device)
     for r0 in range(0, t0.shape[0], step):
         m = _chunk(parts, r0, r0 + step, ws, "acc", fused)
         b = _chunk(base, r0, r0 + step, ws, "base", fused)
         norm2 += float(torch.linalg.vector_norm(b, dtype=torch.float64)) ** 2
         diff2 += float(torch.linalg.vector_norm(m.sub_(b), dtype=torch.float64)) ** 2
+    return diff2, norm2
+
+
+def ratio(diff2: float, norm2: float) -> float:
+    """sqrt(diff2 / norm2); 0/0 -> 0, x/0 -> inf."""
     if norm2 == 0.0:
         return 0.0 if diff2 == 0.0 else float("inf")
     return math.sqrt(diff2 / norm2)
+
+
+def distance(
+    parts: list[Part], base: list[Part], ws: Workspace | None = None, *, fused: bool = True
+) -> float:
+    """r = ||W* - W_base||_F / ||W_base||_F of two interpolations, chunk by chunk (float64 sums)."""
+    if parts[0][1].dim() != 2:
+        return relative_distance(_flat(parts), _flat(base))
+    return ratio(*distance_sums(parts, base, ws, fused=fused))
 
 
 def interpolate(parts: list[Part]) -> torch.Tensor:

@@ -22,15 +22,12 @@ import torch
 from merge import fp8 as blockfp8
 from merge import mix
 from merge.checkpoint import Checkpoint
-from merge.layout import is_fp8_projection, scale_name
+from merge.fp8 import QUANTIZATION_CONFIG as FP8_QUANTIZATION_CONFIG
+from merge.layout import is_fp8_projection, is_scale, scale_name
 from merge.writer import Entry, ShardWriter, plan_shards, shard_name, write_index
 
-FP8_QUANTIZATION_CONFIG: dict[str, Any] = {
-    "activation_scheme": "dynamic",
-    "fmt": "e4m3",
-    "quant_method": "fp8",
-    "weight_block_size": [128, 128],
-}
+__all__ = ["FP8_QUANTIZATION_CONFIG", "entry_groups", "logical_shapes", "synthetic_config",
+           "write_sparse_parent", "write_synthetic_parent"]  # fmt: skip
 
 
 def synthetic_config(**overrides: Any) -> dict[str, Any]:
@@ -217,7 +214,7 @@ def write_synthetic_parent(
     for entries, fname in zip(shards, names, strict=True):
         with ShardWriter(out / fname, entries) as w:
             for e in entries:
-                if e.name.endswith(".weight_scale_inv"):
+                if is_scale(e.name):
                     continue  # written together with its weight below
                 g = _generator(seed, e.name)
                 if base_ckpt is not None:

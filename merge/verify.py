@@ -20,6 +20,7 @@ line that names the tensor and says what to do; the CLI and `chimera-serve` prin
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -31,10 +32,10 @@ import torch
 
 from merge.checkpoint import DTYPES, Checkpoint, TensorInfo
 from merge.errors import CheckpointError, VerifyError
-from merge.fp8 import BLOCK, scale_shape
+from merge.fp8 import BLOCK, QUANTIZATION_CONFIG, scale_shape
+from merge.layout import is_fp8_projection, is_scale, scale_name, weight_of
 from merge.mix import NONFINITE_BITS
 
-SCALE_SUFFIX = ".weight_scale_inv"
 CHUNK_BYTES = 64 * 1024 * 1024  # one read buffer; the only memory the value pass holds
 
 # Keys vLLM's deepseek_v2.py (and transformers' config class) need to build the model's shapes; a missing one
@@ -47,7 +48,6 @@ REQUIRED_CONFIG_KEYS = (
 )  # fmt: skip
 ARCHITECTURES = {"DeepseekV3ForCausalLM", "DeepseekV2ForCausalLM"}
 FUSED_PAIRS = (("q_a_proj", "kv_a_proj_with_mqa"), ("gate_proj", "up_proj"))
-_LINEAR = re.compile(r"_proj(_with_mqa)?\.weight$")
 _EXPERT = re.compile(r"^(.*\.mlp\.experts)\.\d+\.")
 
 
@@ -79,9 +79,10 @@ class VerifyReport:
 
 
 def is_linear_weight(name: str) -> bool:
-    """DeepSeek-V3 linear weights that DeepSeek quantizes: attention, dense MLP, shared and routed experts."""
-    # `_with_mqa`: the name filter `*_proj.weight` misses kv_a_proj_with_mqa, the trap this module exists for.
-    return bool(_LINEAR.search(name)) and ".eh_proj." not in name and ".shared_head." not in name
+    """DeepSeek-V3 linear weights that DeepSeek quantizes: attention, dense MLP, shared and routed experts; the
+    merge's own quantization rule (`merge.layout.is_fp8_projection`, which names kv_a_proj_with_mqa: the name
+    filter `*_proj.weight` misses it, the trap this module exists for)."""
+    return is_fp8_projection(name)
 
 
 def _fail(problems: list[str]) -> None:
@@ -149,8 +150,7 @@ def _quant_config(config: dict[str, Any], has_fp8: bool) -> tuple[dict[str, Any]
     if qc is None:
         if has_fp8:
             return None, [
-                "config.json: float8 tensors but no quantization_config; add DeepSeek's "
-                '{"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128], "activation_scheme": "dynamic"}'
+                f"config.json: float8 tensors but no quantization_config; add DeepSeek's {json.dumps(QUANTIZATION_CONFIG)}"
             ]
         return None, []
     if not has_fp8:
@@ -170,8 +170,8 @@ def check_fp8_layout(tensors: dict[str, TensorInfo], ignored: set[str], report: 
     """Per-weight FP8 rules (dtype, scale presence/dtype/shape, ignored layers) and orphan scales."""
     problems: list[str] = []
     for name, t in tensors.items():
-        if name.endswith(SCALE_SUFFIX):
-            w = tensors.get(name[: -len(SCALE_SUFFIX)] + ".weight")
+        if is_scale(name):
+            w = tensors.get(weight_of(name))
             if w is None or w.dtype != "F8_E4M3":
                 what = "does not exist" if w is None else f"is {w.dtype}, not float8"
                 problems.append(
@@ -185,7 +185,8 @@ def check_fp8_layout(tensors: dict[str, TensorInfo], ignored: set[str], report: 
                     f"{name}: stored as {t.dtype} but it is not a linear weight; store it in bf16"
                 )
             continue
-        scale = tensors.get(module + SCALE_SUFFIX)
+        scale_key = scale_name(name)
+        scale = tensors.get(scale_key)
         if module in ignored:
             report.ignored_layers += 1
             if t.dtype.startswith("F8"):
@@ -197,22 +198,18 @@ def check_fp8_layout(tensors: dict[str, TensorInfo], ignored: set[str], report: 
         if t.dtype != "F8_E4M3":
             problems.append(
                 f"{name}: {t.dtype} in an FP8 checkpoint, not float8_e4m3fn and not in quantization_config.ignored_layers "
-                f"(vLLM would load it as garbage); quantize it with its {SCALE_SUFFIX[1:]} or list {module!r} there"
+                f"(vLLM would load it as garbage); quantize it with its weight_scale_inv or list {module!r} there"
             )
             continue
         report.fp8_weights += 1
         if scale is None:
-            problems.append(
-                f"{name}: float8 weight without {module + SCALE_SUFFIX}; rebuild it with its block scales"
-            )
+            problems.append(f"{name}: float8 weight without {scale_key}; rebuild it with its block scales")
         elif scale.dtype != "F32":
-            problems.append(
-                f"{module + SCALE_SUFFIX}: scale stored as {scale.dtype}; store block scales as float32"
-            )
+            problems.append(f"{scale_key}: scale stored as {scale.dtype}; store block scales as float32")
         elif len(t.shape) != 2 or scale.shape != scale_shape(t.shape):
             want = scale_shape(t.shape) if len(t.shape) == 2 else "2-D"
             problems.append(
-                f"{module + SCALE_SUFFIX}: shape {list(scale.shape)} does not fit weight {list(t.shape)} "
+                f"{scale_key}: shape {list(scale.shape)} does not fit weight {list(t.shape)} "
                 f"({BLOCK}x{BLOCK} blocks need {list(want)}); requantize the weight"
             )
     return problems
@@ -308,7 +305,7 @@ def check_values(
             report.bytes_streamed += len(block)
             if bar is not None:
                 bar[0].update(bar[1], advance=len(block))
-        if info.name.endswith(SCALE_SUFFIX):
+        if is_scale(info.name):
             scale = ckpt.get_tensor(info.name)
             if not bool((scale > 0).all()):
                 raise VerifyError(f"{info.name}: has zero or negative block scales; requantize its weight")
@@ -366,9 +363,9 @@ def verify_checkpoint(path: Path, *, headers_only: bool = False, progress: bool 
             )
     else:
         problems += [
-            f"{n}: a {SCALE_SUFFIX[1:]} in a bf16 checkpoint; delete it (its weight is not float8)"
+            f"{n}: a weight_scale_inv in a bf16 checkpoint; delete it (its weight is not float8)"
             for n in tensors
-            if n.endswith(SCALE_SUFFIX)
+            if is_scale(n)
         ]
     problems += check_fused_precision(tensors)
     _fail(problems)

@@ -117,3 +117,43 @@ def test_chunks_are_small_on_the_cpu_and_whole_tensors_on_a_gpu() -> None:
     assert mix.chunk_rows(7168) == mix.chunk_rows(7168, torch.device("cpu")) == 128  # ~4 MB of float32
     assert mix.chunk_rows(7168, torch.device("cuda")) >= 2048  # a routed expert [2048, 7168] in one chunk
     assert mix.chunk_rows(7168, torch.device("cuda")) % fp8.BLOCK == 0
+
+
+def _three_quantizers(x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """merge.fp8's reference, merge.mix's chunked torch path, and merge.kernels (mix.quantize on the CPU)."""
+    torch_path = mix.merge([(1.0, x, None)], torch.float8_e4m3fn, fused=False)
+    assert torch_path[1] is not None
+    return [fp8.quantize(x), (torch_path[0], torch_path[1]), mix.quantize(x)]
+
+
+def test_tiny_blocks_get_a_normal_scale_and_no_nan() -> None:
+    """A block whose amax / 448 underflows (float32 subnormals, e.g. 1e-44) used to get scale 0 and NaN bytes; one
+    just above it a subnormal scale that overflows the e4m3 range. Every quantizer now gives the same bits."""
+    x = torch.randn(256, 384, generator=torch.Generator().manual_seed(11))
+    x[:128, :128] = 1e-44  # amax / 448 == 0 in float32
+    x[:128, 128:256] *= 1e-39  # subnormal amax
+    x[128:, 256:] = 0.0  # an all-zero block keeps scale 1.0
+    x[128:, :128] *= 1e-37  # normal amax, subnormal amax / 448
+    results = _three_quantizers(x)
+    for q, s in results:
+        assert bool((s >= fp8.MIN_SCALE).all()) and float(s[1, 2]) == 1.0
+        assert mix.is_finite(q) and mix.is_finite(s)
+        # tiny values round to 0 or to a nearby e4m3 step, never to NaN: the usual bound holds in every block
+        err = (dequant64(q, s) - x.double()).abs()
+        assert bool((err <= fp8_bound(x.double(), s)).all())
+    (q0, s0), *rest = results
+    for q, s in rest:
+        assert torch.equal(q.view(torch.uint8), q0.view(torch.uint8)) and torch.equal(s, s0)
+
+
+def test_block_scale_policy_is_one_definition() -> None:
+    """The scalar form (compiled into merge.kernels) and the tensor form agree on every edge case, NaN included."""
+    amax = torch.tensor([0.0, 1e-45, 1e-44, 5e-36, 5.3e-36, 6e-36, 1e-30, 1.0, 448.0, 3e38, float("nan")])
+    vector = fp8.block_scales(amax)
+    scalar = torch.tensor([fp8.block_scale(float(a)) for a in amax], dtype=torch.float32)
+    assert torch.equal(vector, scalar) or (
+        torch.equal(vector[:-1], scalar[:-1]) and vector[-1].isnan() and scalar[-1].isnan()
+    )
+    assert float(vector[0]) == 1.0 and float(vector[1]) == fp8.MIN_SCALE and vector[-1].isnan()
+    _, s = fp8.quantize(torch.full((4, 4), float("nan")))
+    assert s.isnan().all()  # a NaN block keeps a NaN scale in the reference quantizer too
