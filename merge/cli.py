@@ -1,4 +1,4 @@
-"""`chimera-merge`: build | diff | verify. Thin: parse, call the Python API, print; errors as one line.
+"""`chimera-merge`: build | diff | verify | publish. Thin: parse, call the Python API, print; errors as one line.
 
 Every expected failure is a `MergeError` (or an OSError from the file system): `main` prints `error: <message>` on
 one line to stderr and exits non-zero, never with a traceback.
@@ -90,7 +90,7 @@ def build(
     if dry_run:
         print_plan(plan_recipe(r, cache_dir=cache_dir))
         return
-    from merge.writer import MANIFEST_NAME, STATE_NAME
+    from merge.state import MANIFEST_NAME, STATE_NAME
 
     # A finished build of the same recipe and parents is reused as it is (build_child checks the fingerprint).
     finished = (out_dir / MANIFEST_NAME).exists() and not (out_dir / STATE_NAME).exists()
@@ -103,19 +103,27 @@ def build(
 
 @app.command()
 def diff(
-    a: Path = typer.Argument(..., help="reference checkpoint directory (e.g. the base)"),
-    b: Path = typer.Argument(..., help="checkpoint directory to compare"),
+    a: str = typer.Argument(
+        ..., help="reference checkpoint: directory or org/name[@revision] (e.g. the base)"
+    ),
+    b: str = typer.Argument(..., help="checkpoint to compare: directory or org/name[@revision]"),
+    recipe: Path | None = typer.Option(
+        None, "--recipe", help="normalize d per rule of this recipe, as its build does (default: per class)"
+    ),
     json_file: Path | None = typer.Option(
         None, "--json", help="write every tensor's r and d to this JSON file"
     ),
     workers: int = typer.Option(1, "--workers", min=1),
     top: int = typer.Option(10, "--top", help="also list the N most different tensors"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Hugging Face cache for hub parents"),
 ) -> None:
-    """Per-tensor normalized distances r = |B-A|/|A|, d = r / median(r) per class; summaries per class and layer."""
+    """Per-tensor distances r = |B-A|/|A| and d = r / median(r) per class (or per --recipe rule)."""
     from merge.diff import diff_checkpoints
+    from merge.recipe import load_recipe
 
-    rep = diff_checkpoints(a, b, workers=workers, progress=sys.stderr.isatty())
-    for title, rows in (("by tensor class", rep.by_class()), ("by layer", rep.by_layer())):
+    r = load_recipe(recipe) if recipe is not None else None
+    rep = diff_checkpoints(a, b, recipe=r, workers=workers, progress=sys.stderr.isatty(), cache_dir=cache_dir)
+    for title, rows in ((f"by {rep.grouping}", rep.by_group()), ("by layer", rep.by_layer())):
         t = Table(title=f"diff {title}: r = |B-A|/|A|")
         for col in ("group", "tensors", "median r", "min r", "max r", "max d"):
             t.add_column(col, justify="left" if col == "group" else "right")
@@ -124,10 +132,10 @@ def diff(
                       f"{g['max_r']:.4g}", f"{g['max_d']:.3g}")  # fmt: skip
         out.print(t)
     t = Table(title=f"top {top} tensors by d")
-    for col in ("tensor", "class", "r", "d"):
+    for col in ("tensor", rep.grouping, "r", "d"):
         t.add_column(col)
-    for r in sorted(rep.rows, key=lambda r: -r.d)[:top]:
-        t.add_row(r.name, r.cls, f"{r.r:.4g}", f"{r.d:.3g}")
+    for row in sorted(rep.rows, key=lambda r: -r.d)[:top]:
+        t.add_row(row.name, row.group, f"{row.r:.4g}", f"{row.d:.3g}")
     out.print(t)
     if json_file is not None:
         json_file.write_text(json.dumps(rep.to_json(), indent=1) + "\n")
@@ -148,6 +156,23 @@ def verify(
     out.print(report.summary())
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
+
+
+@app.command()
+def publish(
+    path: Path = typer.Argument(..., help="the --out directory of a finished build"),
+    repo: str = typer.Argument(..., help="hub model repo, owner/name (created if absent)"),
+    public: bool = typer.Option(False, "--public", help="create the repo public (default: private)"),
+    checksums: bool = typer.Option(
+        False, "--checksums", help="re-read every shard and compare its sha256 with the manifest first"
+    ),
+    workers: int = typer.Option(8, "--workers", min=1, help="parallel hashing and upload workers"),
+) -> None:
+    """Upload a finished, verified build to the Hugging Face hub (resumable: rerun after an interruption)."""
+    from merge.publish import publish as publish_build
+
+    url = publish_build(path, repo, private=not public, checksums=checksums, workers=workers)
+    out.print(f"published {path} to {url}")
 
 
 def _one_line(msg: object) -> str:

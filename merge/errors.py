@@ -35,3 +35,7 @@ class OutputError(MergeError):
 
 class DeviceError(MergeError):
     """The requested compute device is unavailable (e.g. --device cuda on a machine without CUDA)."""
+
+
+class PublishError(MergeError):
+    """A build cannot be published: unfinished, damaged, or the hub refused the upload."""

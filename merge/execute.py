@@ -1,165 +1,38 @@
-"""Running a plan: streaming reads, worker threads, the device, and the two passes.
+"""Running a build: parents resolved (hub revisions pinned to commits), planned, two passes, the child finished.
 
-Memory. Tensors are read one at a time with positional reads (`os.preadv`, safe from many threads) and at most
-`workers + 1` finished tensors wait to be written, so peak RSS depends on the largest tensor and the number of
-parents, never on the model size. Workers compute in parallel (and check every value finite: computed tensors
-through their FP8 scales or sums, copied ones on their bit patterns); the main thread writes results in plan
-order, one sequential write per tensor, so the child is byte-identical however many workers run.
+Order. The output directory is opened first (merge.state: a resume reads the commits its hub parents were pinned
+to), then the parents are resolved and downloaded at those commits, planned from their headers, and the
+directory bound to the build's fingerprint (recipe + parents' files + plan). Before anything heavy, the shards an
+earlier run finished are checked against their checksums and free space against what is left to write.
 
 Passes. Threshold rules first need the distance r of every tensor they match (pass 1: interpolate, compare with
-the base, discard); then every shard is written (pass 2). Both passes record into the resume state.
+the base, discard; each r logged as it comes, so an interrupted pass resumes where it stopped); then every
+shard is written (pass 2), results in plan order from `--workers` threads (merge.engine), one sequential write
+per tensor, so the child is byte-identical however many workers run. Then the index, config.json, the side files
+(merge.sidefiles), the model card, `verify`, and last the manifest that marks the build complete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
-import shutil
-import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 
-from merge import mix
-from merge.checkpoint import DTYPES, INDEX_NAME, Checkpoint, TensorInfo
-from merge.errors import CheckpointError, DeviceError, MergeError, OutputError, ParentError, VerifyError
+from merge.checkpoint import INDEX_NAME, Checkpoint
+from merge.engine import Engine, Readers, ordered_map, progress_bar
+from merge.errors import DeviceError, MergeError, OutputError, ParentError, VerifyError
+from merge.fp8 import QUANTIZATION_CONFIG
 from merge.manifest import build_manifest, model_card, tool_version
-from merge.plan import Item, Plan, apply_distances, build_plan
+from merge.plan import Plan, apply_distances, build_plan
 from merge.recipe import Recipe, is_repo_id
-from merge.sources import Source, cached_snapshot, file_fingerprint, hub_headers, resolve
-from merge.writer import BuildDir, ShardWriter, disk_error, shard_name, write_index, write_json_atomic
-
-T = TypeVar("T")
-R = TypeVar("R")
-SIDE_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-              "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.json")  # fmt: skip
-SIDE_GLOBS = ("*.jinja", "*.py")  # chat templates; DeepSeek's remote-code modules named in config's auto_map
-FP8_QUANT = {
-    "activation_scheme": "dynamic",
-    "fmt": "e4m3",
-    "quant_method": "fp8",
-    "weight_block_size": [128, 128],
-}
-
-
-class Readers:
-    """Thread-safe positional reads of tensors from parent shards (one fd per shard, kept open)."""
-
-    def __init__(self) -> None:
-        self._fds: dict[Path, int] = {}
-        self._lock = threading.Lock()
-
-    def fd(self, path: Path) -> int:
-        with self._lock:
-            if path not in self._fds:
-                self._fds[path] = os.open(path, os.O_RDONLY)
-            return self._fds[path]
-
-    def read(self, info: TensorInfo, into: torch.Tensor | None = None) -> torch.Tensor:
-        """The tensor's bytes as a tensor of its dtype and shape, read into `into` (uint8) when given."""
-        buf = torch.empty(info.nbytes, dtype=torch.uint8) if into is None else into
-        view, fd, done = memoryview(buf.numpy()), self.fd(info.shard), 0
-        while done < info.nbytes:
-            n = os.preadv(fd, [view[done:]], info.start + done)
-            if n <= 0:
-                raise CheckpointError(f"{info.shard}: truncated while reading {info.name}; re-download it")
-            done += n
-        return buf.view(DTYPES[info.dtype][0]).view(info.shape)
-
-    def close(self) -> None:
-        with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
-
-
-def ordered_map(
-    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int
-) -> Iterator[R]:
-    """pool.map in order with at most `window` results in flight (bounded memory)."""
-    pending: deque[Future[R]] = deque()
-    for it in items:
-        pending.append(pool.submit(fn, it))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-class Engine:
-    """The arithmetic of one build on one device, over the parents' readers."""
-
-    def __init__(self, recipe: Recipe, readers: Readers, device: torch.device) -> None:
-        self.base, self.readers, self.device = recipe.base, readers, device
-        self._local = threading.local()
-
-    @property
-    def ws(self) -> mix.Workspace:
-        """This worker thread's scratch buffers."""
-        if not hasattr(self._local, "ws"):
-            self._local.ws = mix.Workspace()
-        return self._local.ws
-
-    def _read(self, info: TensorInfo, key: str) -> torch.Tensor:
-        gpu = self.device.type != "cpu"
-        buf = self.ws.get(key, (info.nbytes,), torch.uint8, torch.device("cpu"), pin=gpu)
-        t = self.readers.read(info, buf)
-        # A blocking copy: the buffer is this worker's and is refilled by its next read.
-        return t.to(self.device) if gpu else t
-
-    def _load(self, item: Item, parts: list[tuple[str, float]], key: str) -> list[mix.Part]:
-        loaded: list[mix.Part] = []
-        for p, w in parts:
-            st = item.stored[p]
-            scale = self._read(st.scale, f"{key}.{p}.s") if st.scale is not None else None
-            loaded.append((w, self._read(st.weight, f"{key}.{p}.w"), scale))
-        return loaded
-
-    def _nonfinite(self, item: Item, parts: list[tuple[str, float]], loaded: list[mix.Part]) -> ParentError:
-        for (p, _), (_, t, s) in zip(parts, loaded, strict=True):
-            if not mix.is_finite(t) or (s is not None and not mix.is_finite(s)):
-                return ParentError(
-                    f"parent {p!r}: tensor {item.name} holds NaN or Inf; the checkpoint is corrupt, re-download it"
-                )
-        return ParentError(f"{item.name}: the interpolation overflowed float32; check the parents' values")
-
-    def distance(self, item: Item) -> float:
-        """r = ||W* - W_base|| / ||W_base|| (pass 1 of threshold rules)."""
-        parts, base = item.parts(), [(self.base, 1.0)]
-        loaded = self._load(item, parts, "m")
-        r = mix.distance(loaded, self._load(item, base, "b"), self.ws)
-        if math.isnan(r):
-            raise self._nonfinite(item, parts + base, loaded + self._load(item, base, "b"))
-        return r
-
-    def compute(self, item: Item) -> list[torch.Tensor]:
-        """The child's tensors for `item` (weight [, scale]) on the CPU, every value checked finite.
-
-        A byte copy is read as stored and checked on its bit patterns (no float conversion), so NaN/Inf in a
-        parent is caught here, naming parent and tensor, and the child never has to be re-read to verify values.
-        """
-        if item.is_copy:
-            st = item.stored[item.source]  # type: ignore[index]
-            raw = [
-                self.readers.read(i) for i in ([st.weight, st.scale] if st.scale is not None else [st.weight])
-            ]
-            if not all(mix.is_finite(t) for t in raw):
-                raise self._nonfinite(
-                    item, [(item.source, 1.0)], [(1.0, raw[0], raw[1] if len(raw) > 1 else None)]
-                )  # type: ignore[list-item]
-            return raw
-        parts = item.parts()
-        loaded = self._load(item, parts, "m")
-        out, scale = mix.merge(loaded, DTYPES[item.out[0].dtype][0], self.ws)
-        if not mix.is_finite(scale if scale is not None else out):
-            raise self._nonfinite(item, parts, loaded)
-        return [out.cpu()] if scale is None else [out.cpu(), scale.cpu()]
+from merge.sidefiles import download_patterns, side_files, write_side_files
+from merge.sources import Source, cached_snapshot, file_fingerprint, hub_headers, resolve, resolve_commit
+from merge.state import FORMAT, BuildDir, check_free_space
+from merge.writer import ShardWriter, shard_name, write_atomic, write_index, write_json_atomic
 
 
 def check_device(device: str) -> torch.device:
@@ -174,9 +47,23 @@ def check_device(device: str) -> torch.device:
     raise DeviceError(f"--device {device}: unknown device; use cpu or cuda")
 
 
-def resolve_sources(recipe: Recipe, cache_dir: Path | None = None) -> dict[str, Source]:
+def pin_commits(recipe: Recipe, pins: dict[str, str], cache_dir: Path | None = None) -> dict[str, str]:
+    """The commit of every hub parent: the one an earlier run of this build pinned, else resolved now."""
     return {
-        n: resolve(n, s, is_base=n == recipe.base, cache_dir=cache_dir) for n, s in recipe.parents.items()
+        n: pins.get(n) or resolve_commit(n, spec, cache_dir)
+        for n, spec in recipe.parents.items()
+        if is_repo_id(spec)
+    }
+
+
+def resolve_sources(
+    recipe: Recipe, cache_dir: Path | None = None, commits: dict[str, str] | None = None
+) -> dict[str, Source]:
+    return {
+        n: resolve(
+            n, s, patterns=download_patterns(recipe, n), commit=(commits or {}).get(n), cache_dir=cache_dir
+        )
+        for n, s in recipe.parents.items()
     }
 
 
@@ -203,58 +90,41 @@ def plan_recipe(recipe: Recipe, *, cache_dir: Path | None = None) -> Plan:
 
 def _fingerprint(recipe: Recipe, files: dict[str, dict[str, str]], plan: Plan) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([recipe.model_dump(mode="json"), files, tool_version()], sort_keys=True).encode())
+    h.update(
+        json.dumps([recipe.model_dump(mode="json"), files, tool_version(), FORMAT], sort_keys=True).encode()
+    )
     for shard in plan.shards:
         h.update(json.dumps([[e.name, e.dtype, e.shape] for it in shard for e in it.out]).encode())
     return h.hexdigest()
 
 
-def progress_bar(enabled: bool, label: str, total_bytes: int, total_items: int) -> Any:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    prog = Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TextColumn("{task.fields[n]}/" + str(total_items) + " tensors"), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not enabled, transient=False,
-    )  # fmt: skip
-    task = prog.add_task(label, total=total_bytes, n=0)
-    return prog, task
-
-
-def _first_pass(
-    plan: Plan, engine: Engine, pool: ThreadPoolExecutor, window: int, progress: bool
-) -> dict[str, float]:
+def _first_pass(plan: Plan, engine: Engine, pool: ThreadPoolExecutor, window: int, progress: bool,
+                bdir: BuildDir) -> dict[str, float]:  # fmt: skip
+    """Distances of the threshold rules' tensors: those an earlier run logged, then the rest, each logged."""
     items = plan.threshold_items
-    prog, task = progress_bar(progress, "distances", sum(it.read_bytes for it in items), len(items))
-    rs: dict[str, float] = {}
-    with prog:
-        for it, r in zip(items, ordered_map(pool, engine.distance, items, window), strict=True):
-            rs[it.name] = r
-            prog.update(task, advance=it.read_bytes, n=len(rs))
+    logged = bdir.distances()
+    rs = {it.name: logged[it.name] for it in items if it.name in logged}
+    todo = [it for it in items if it.name not in rs]
+    prog, task = progress_bar(progress, "distances", sum(it.read_bytes for it in todo), len(todo))
+    dlog = bdir.distance_log()
+    try:
+        with prog:
+            for it, r in zip(todo, ordered_map(pool, engine.distance, todo, window), strict=True):
+                rs[it.name] = r
+                dlog.append(it.name, r)
+                prog.update(task, advance=it.read_bytes, n=len(rs) - len(items) + len(todo))
+    finally:
+        dlog.close()
     return rs
 
 
-def _write_shards(plan: Plan, names: list[str], bdir: BuildDir, engine: Engine, pool: ThreadPoolExecutor,
-                  window: int, progress: bool) -> list[dict[str, Any]]:  # fmt: skip
-    records: list[dict[str, Any]] = []
-    todo: list[int] = []
-    for i, fname in enumerate(names):
-        done = bdir.shard_done(fname)
-        if done is None:
-            todo.append(i)
-        records.extend(done or [])
+def _write_shards(plan: Plan, names: list[str], todo: list[int], bdir: BuildDir, engine: Engine,
+                  pool: ThreadPoolExecutor, window: int, progress: bool) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Write shards `todo` (indices into names); returns their manifest records by shard name."""
     todo_items = [it for i in todo for it in plan.shards[i]]
     prog, task = progress_bar(progress, "merging", sum(it.write_bytes for it in todo_items), len(todo_items))
     results = ordered_map(pool, engine.compute, todo_items, window)
-    by_shard: dict[int, list[dict[str, Any]]] = {}
+    out: dict[str, list[dict[str, Any]]] = {}
     n = 0
     with prog:
         for i in todo:
@@ -264,36 +134,21 @@ def _write_shards(plan: Plan, names: list[str], bdir: BuildDir, engine: Engine, 
                         w.write(e.name, t)
                     n += 1
                     prog.update(task, advance=it.write_bytes, n=n)
-                size = w.finish()
-            by_shard[i] = [it.record(plan.rule_label(it)) for it in plan.shards[i]]
-            bdir.mark_done(names[i], size, by_shard[i])
-    order = {it.name: k for k, it in enumerate(plan.items)}
-    records = records + [r for recs in by_shard.values() for r in recs]
-    return sorted(records, key=lambda r: order[r["name"]])
+                done = w.finish()
+            out[names[i]] = [it.record(plan.rule_label(it)) for it in plan.shards[i]]
+            bdir.mark_done(names[i], done, out[names[i]])
+    return out
 
 
-def side_files(base_dir: Path) -> list[str]:
-    """Files copied from the base: generation config, tokenizer, chat template, remote-code modules."""
-    names = {n for n in SIDE_FILES if (base_dir / n).is_file()}
-    return sorted(names | {p.name for g in SIDE_GLOBS for p in base_dir.glob(g) if p.is_file()})
-
-
-def _write_side_files(plan: Plan, base_dir: Path, out: Path) -> None:
+def child_config(plan: Plan) -> dict[str, Any]:
+    """The base's config.json with the output dtype's quantization_config."""
     config = dict(plan.base_config)
-    dtype = plan.recipe.output.dtype
-    if dtype == "bf16":
+    if plan.recipe.output.dtype == "bf16":
         config.pop("quantization_config", None)
         config["torch_dtype"] = "bfloat16"
-    elif dtype == "fp8":
-        config.setdefault("quantization_config", dict(FP8_QUANT))
-    write_json_atomic(out / "config.json", config)
-    try:
-        for n in side_files(base_dir):
-            shutil.copyfile(base_dir / n, out / n)
-    except OSError as e:
-        raise OutputError(
-            f"{out}: cannot copy {n} from the base ({e.strerror}); free space and --resume"
-        ) from None
+    elif plan.recipe.output.dtype == "fp8":
+        config.setdefault("quantization_config", dict(QUANTIZATION_CONFIG))
+    return config
 
 
 def build_child(recipe: Recipe, out_dir: Path, *, resume: bool = False, workers: int = 1, device: str = "cpu",
@@ -301,56 +156,63 @@ def build_child(recipe: Recipe, out_dir: Path, *, resume: bool = False, workers:
                 verify: Literal["full", "headers", "none"] = "headers") -> dict[str, Any]:  # fmt: skip
     """Build the child of `recipe` into `out_dir` and return its manifest (see the module docstring).
 
-    Raises MergeError subclasses with one-line messages. After a kill or an OutputError (disk full), the same
-    call with resume=True finishes the build, byte-identical to an uninterrupted one. Every value is checked
-    finite as it passes through (computed and copied tensors alike), so by default the finished child gets
-    `chimera-merge verify --headers-only` (structure, FP8 layout, config) before it is marked complete;
-    verify="full" also re-reads every value (doubles the child's reads), "none" skips it.
+    Raises MergeError subclasses with one-line messages. After a kill, a crash or an OutputError (disk full), the
+    same call with resume=True finishes the build, byte-identical to an uninterrupted one. Every value is checked
+    finite as it passes through, so by default the finished child gets `chimera-merge verify --headers-only`
+    (structure, FP8 layout, config) before it is marked complete; verify="full" also re-reads every value
+    (doubles the child's reads), "none" skips it.
     """
     out_dir = Path(out_dir)
     dev = check_device(device)
     if workers < 1:
         raise MergeError(f"--workers {workers}: give at least 1")
-    sources = resolve_sources(recipe, cache_dir)
-    ckpts = {n: Checkpoint.open(s.path) for n, s in sources.items()}  # type: ignore[arg-type]
-    plan = build_plan(recipe, {n: c.tensors for n, c in ckpts.items()}, ckpts[recipe.base].config())
-    files = {
-        n: {p.name: file_fingerprint(p) for p in sorted({t.shard for t in c.tensors.values()})}
-        for n, c in ckpts.items()
-    }
-    fingerprint = _fingerprint(recipe, files, plan)
-    bdir = BuildDir(out_dir, fingerprint, resume=resume)
-    if bdir.complete:
-        return json.loads((out_dir / "merge-manifest.json").read_text())
-    names = [shard_name(i, len(plan.shards)) for i in range(len(plan.shards))]
-    ours = [*names, "config.json", "README.md", *side_files(sources[recipe.base].path)]  # type: ignore[arg-type]
+    bdir = BuildDir(out_dir, recipe.key(), resume=resume)
+    ckpts: dict[str, Checkpoint] = {}
     readers = Readers()
-    engine = Engine(recipe, readers, dev)
-    window = workers + 1
-    # Parallelism is across tensors (--workers); torch's own intra-op threads on top of that oversubscribe the
-    # cores and, measured on a busy 2-core machine, made each tensor 10x slower. Restored on exit.
+    ours: list[str] = []  # this build's files, removed when it fails for good before finishing a shard
     threads = torch.get_num_threads()
-    if dev.type == "cpu":
-        torch.set_num_threads(1)
     try:
+        commits = pin_commits(recipe, bdir.pins, cache_dir)
+        bdir.pin(commits)  # before any download: a resume fetches exactly these commits
+        sources = resolve_sources(recipe, cache_dir, commits)
+        side = side_files(recipe, {n: s.path for n, s in sources.items()})  # type: ignore[misc]
+        ckpts = {n: Checkpoint.open(s.path) for n, s in sources.items()}  # type: ignore[arg-type]
+        plan = build_plan(recipe, {n: c.tensors for n, c in ckpts.items()}, ckpts[recipe.base].config())
+        files = {
+            n: {p.name: file_fingerprint(p) for p in sorted({t.shard for t in c.tensors.values()})}
+            for n, c in ckpts.items()
+        }
+        fingerprint = _fingerprint(recipe, files, plan)
+        bdir.start(fingerprint, files)
+        if bdir.complete:
+            return bdir.manifest  # type: ignore[return-value]
+        names = [shard_name(i, len(plan.shards)) for i in range(len(plan.shards))]
+        extra = [INDEX_NAME, "config.json", *side, "README.md"]
+        ours = [*names, *extra]
+        engine = Engine(recipe.base, readers, dev)
+        window = workers + 1
+        # Parallelism is across tensors (--workers); torch's own intra-op threads on top of that oversubscribe the
+        # cores and, measured on a busy 2-core machine, made each tensor 10x slower. Restored on exit.
+        if dev.type == "cpu":
+            torch.set_num_threads(1)
         with ThreadPoolExecutor(workers, thread_name_prefix="merge") as pool:
+            records = bdir.finished_shards(names, pool)
+            todo = [i for i, n in enumerate(names) if n not in records]
+            check_free_space(out_dir, sum(it.write_bytes for i in todo for it in plan.shards[i]))
             if plan.threshold_items:
-                rs = bdir.distances
-                if rs is None:
-                    rs = _first_pass(plan, engine, pool, window, progress)
-                    bdir.save_distances(rs)
-                apply_distances(plan, rs, mix.normalize)
-            records = _write_shards(plan, names, bdir, engine, pool, window, progress)
-        weight_map = {e.name: names[i] for i, shard in enumerate(plan.shards) for it in shard for e in it.out}
+                apply_distances(plan, _first_pass(plan, engine, pool, window, progress, bdir))
+            records |= _write_shards(plan, names, todo, bdir, engine, pool, window, progress)
         total = plan.bytes_to_write()
-        write_index(out_dir, weight_map, total)
-        _write_side_files(plan, sources[recipe.base].path, out_dir)  # type: ignore[arg-type]
+        write_index(
+            out_dir, {e.name: names[i] for i, s in enumerate(plan.shards) for it in s for e in it.out}, total
+        )
+        write_json_atomic(out_dir / "config.json", child_config(plan))
+        write_side_files(side, out_dir)
         parents = {n: {**s.describe(), "files": files[n]} for n, s in sources.items()}
-        manifest = build_manifest(recipe, parents, fingerprint, records, names, total)
-        try:
-            (out_dir / "README.md").write_text(model_card(manifest))
-        except OSError as e:
-            raise disk_error(e, out_dir / "README.md") from None
+        sums = bdir.checksums()
+        manifest = build_manifest(recipe, parents, fingerprint, [r for n in names for r in records[n]],
+                                  {n: sums[n] for n in names}, extra, total)  # fmt: skip
+        write_atomic(out_dir / "README.md", model_card(manifest).encode())
         if verify != "none":
             _verify(out_dir, plan.base_config, headers_only=verify == "headers")
         bdir.finish(manifest)
@@ -358,18 +220,28 @@ def build_child(recipe: Recipe, out_dir: Path, *, resume: bool = False, workers:
     except (OutputError, KeyboardInterrupt):
         raise  # resumable: finished shards and the state stay
     except VerifyError as e:
-        bdir.discard(ours)
-        raise ParentError(
+        err = ParentError(
             f"the merged child failed verification: {e}; check the parents with `chimera-merge verify`"
-        ) from None
-    except MergeError:
-        bdir.discard(ours)  # a bad parent: resuming cannot help
-        raise
+        )
+        raise _discarded(bdir, ours, err) from None
+    except MergeError as e:
+        raise _discarded(bdir, ours, e) from None  # a bad parent: resuming alone cannot help
     finally:
         torch.set_num_threads(threads)
         readers.close()
         for c in ckpts.values():
             c.close()
+
+
+def _discarded(bdir: BuildDir, ours: list[str], e: MergeError) -> MergeError:
+    """Clean up after an error that resuming alone cannot fix; the error, saying what was kept."""
+    kept = bdir.discard(ours)
+    if not kept:
+        return e
+    return type(e)(
+        f"{e} (the {kept} finished shard(s) in {bdir.root} are kept: fix the cause, then rerun with --resume, "
+        "or delete the directory)"
+    )
 
 
 def _verify(out_dir: Path, config: dict[str, Any], *, headers_only: bool) -> None:

@@ -6,8 +6,9 @@ plan and its bytes before anything is downloaded. A logical tensor is a weight t
 then offset), so reading the base stays sequential; output shards are packed greedily up to `shard_size`
 with a weight and its scale never split.
 
-Decisions. No rule matches: kept-from-base. A rule whose only non-zero weight is one parent: copied from it
-(kept-from-base when that parent is the base). Otherwise merged. A rule with `threshold` first needs every
+Decisions. No rule matches: kept-from-base. A rule whose only non-zero weight is one parent's 1.0: copied from
+it (kept-from-base when that parent is the base). Otherwise merged (a rule's `layers:` narrow what it matches,
+and its weights may vary by layer: `Rule.weights_at`). A rule with `threshold` first needs every
 matched tensor's distance r (execute's first pass); a tensor with d = r / median(r) < threshold is then
 kept-from-base. A tensor whose source already has the output's dtype is copied byte for byte.
 """
@@ -23,9 +24,10 @@ from typing import Any
 from merge.checkpoint import TensorInfo
 from merge.errors import CheckpointError, ParentError
 from merge.fp8 import scale_shape
-from merge.layout import DeepSeekV3Layout, is_fp8_projection, is_scale, layer_of, scale_name
-from merge.recipe import Recipe
-from merge.writer import Entry
+from merge.layout import DeepSeekV3Layout, is_fp8_projection, is_scale, layer_of, scale_name, weight_of
+from merge.mix import normalize
+from merge.recipe import Recipe, Rule
+from merge.writer import Entry, pack
 
 log = logging.getLogger("merge")
 FP8 = "F8_E4M3"
@@ -151,7 +153,7 @@ def logical_tensors(parent: str, tensors: dict[str, TensorInfo]) -> dict[str, St
     out: dict[str, Stored] = {}
     for name, info in tensors.items():
         if is_scale(name):
-            w = name.removesuffix("_scale_inv")
+            w = weight_of(name)
             if w not in tensors:
                 raise CheckpointError(
                     f"parent {parent!r}: scale {name} has no weight {w}; the checkpoint is incomplete"
@@ -161,6 +163,13 @@ def logical_tensors(parent: str, tensors: dict[str, TensorInfo]) -> dict[str, St
         if info.dtype == FP8 and scale is None:
             raise CheckpointError(
                 f"parent {parent!r}: FP8 tensor {name} has no {scale_name(name)}; re-download it"
+            )
+        if scale is not None and info.dtype != FP8:
+            # Applying it would scale bf16 values that were never quantized (and write the child as FP8 + scale,
+            # which verify accepts): a half-converted checkpoint.
+            raise CheckpointError(
+                f"parent {parent!r}: {name} is {info.dtype} but has a {scale.name.rsplit('.', 1)[-1]}, which "
+                "belongs to float8 weights only; re-download the parent or delete the stray scale"
             )
         if scale is not None and (len(info.shape) != 2 or scale.shape != scale_shape(info.shape)):
             raise CheckpointError(
@@ -210,6 +219,24 @@ def _order_key(info: TensorInfo) -> tuple[str, int]:
     return (str(info.shard), info.start)
 
 
+def match_rule(rules: list[Rule], patterns: list[re.Pattern[str] | None], name: str, cls: str) -> int | None:
+    """Index of the first rule that selects tensor `name` (of class `cls`), or None."""
+    layer = layer_of(name)
+    return next(
+        (
+            i
+            for i, r in enumerate(rules)
+            if (r.select == cls or (patterns[i] is not None and patterns[i].search(name)))  # type: ignore[union-attr]
+            and r.matches_layer(layer)
+        ),
+        None,
+    )
+
+
+def compile_patterns(rules: list[Rule]) -> list[re.Pattern[str] | None]:
+    return [re.compile(r.pattern) if r.pattern is not None else None for r in rules]
+
+
 def build_plan(
     recipe: Recipe, headers: dict[str, dict[str, TensorInfo]], base_config: dict[str, Any]
 ) -> Plan:
@@ -218,28 +245,22 @@ def build_plan(
     stores = {p: logical_tensors(p, headers[p]) for p in recipe.parents}
     check_compatible(base, stores)
     layout = DeepSeekV3Layout(base_config)
-    patterns = [re.compile(r.pattern) if r.pattern is not None else None for r in recipe.rules]
+    patterns = compile_patterns(recipe.rules)
     matches = [0] * len(recipe.rules)
     items: list[Item] = []
     for name in sorted(stores[base], key=lambda n: _order_key(stores[base][n].weight)):
         cls = layout.classify(name)
         stored = {p: stores[p][name] for p in recipe.parents}
-        rule = next(
-            (
-                i
-                for i, r in enumerate(recipe.rules)
-                if r.select == cls or (patterns[i] and patterns[i].search(name))
-            ),
-            None,
-        )
+        rule = match_rule(recipe.rules, patterns, name, cls)
         weights: dict[str, float] = {}
         source: str | None = base
         threshold = None
         if rule is not None:
             matches[rule] += 1
             r = recipe.rules[rule]
-            weights = {p: w for p, w in r.weights.items() if w > 0}
-            source = next(iter(weights)) if len(weights) == 1 else None
+            weights = {p: w for p, w in r.weights_at(layer_of(name)).items() if w != 0}
+            only = next(iter(weights.items())) if len(weights) == 1 else None
+            source = only[0] if only is not None and only[1] == 1.0 else None
             threshold = r.threshold
         decision = "merged" if source is None else ("kept-from-base" if source == base else "copied")
         out = output_entries(name, stored, base, recipe.output.dtype)
@@ -247,25 +268,27 @@ def build_plan(
     for i, n in enumerate(matches):
         if n == 0:
             log.warning("rule %d (%s) matches no tensor; check its select/pattern", i, recipe.rules[i].label)
-    shards: list[list[Item]] = [[]]
-    size = 0
-    for it in items:  # greedy packing; a weight and its scale stay in one shard
-        if shards[-1] and size + it.write_bytes > recipe.output.shard_size:
-            shards.append([])
-            size = 0
-        shards[-1].append(it)
-        size += it.write_bytes
+    # a weight and its scale stay in one shard
+    shards = [[items[i] for i in s] for s in pack([it.write_bytes for it in items], recipe.output.shard_size)]
     return Plan(recipe, items, shards, base_config, matches)
 
 
-def apply_distances(plan: Plan, rs: dict[str, float], normalize: Any) -> None:
+def normalize_groups(rs: dict[str, float], groups: dict[str, Any]) -> dict[str, float]:
+    """d = r / median(r) within each group (the tensors one rule matches), in the order of `rs`."""
+    members: dict[Any, list[str]] = {}
+    for name in rs:
+        members.setdefault(groups[name], []).append(name)
+    ds: dict[str, float] = {}
+    for names in members.values():
+        ds.update(zip(names, normalize([rs[n] for n in names]), strict=True))
+    return ds
+
+
+def apply_distances(plan: Plan, rs: dict[str, float]) -> None:
     """Set r, d and the final decision of every threshold item from the first pass's distances r."""
-    by_rule: dict[int, list[Item]] = {}
-    for it in plan.threshold_items:
-        by_rule.setdefault(it.rule, []).append(it)  # type: ignore[arg-type]
-    for items in by_rule.values():
-        ds = normalize([rs[it.name] for it in items])
-        for it, d in zip(items, ds, strict=True):
-            it.r, it.d = rs[it.name], d
-            if d < it.threshold:  # type: ignore[operator]
-                it.source, it.decision = plan.recipe.base, "kept-from-base"
+    items = plan.threshold_items
+    ds = normalize_groups({it.name: rs[it.name] for it in items}, {it.name: it.rule for it in items})
+    for it in items:
+        it.r, it.d = rs[it.name], ds[it.name]
+        if it.d < it.threshold:  # type: ignore[operator]
+            it.source, it.decision = plan.recipe.base, "kept-from-base"

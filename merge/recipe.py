@@ -2,25 +2,45 @@
 
 ```yaml
 name: my-chimera
-base: v3                      # tensors no rule merges come from here, and config + tokenizer
-parents: {v3: deepseek-ai/DeepSeek-V3-0324, r1: ./r1}   # local dir (relative to this file) or repo[@rev]
+base: v3                      # tensors no rule merges come from here, and config, LICENSE, remote code
+parents: {v3: deepseek-ai/DeepSeek-V3-0324@<commit>, r1: ./r1}   # local dir (relative to this file) or repo[@rev]
+tokenizer_source: r1          # optional: tokenizer files from this parent (default: base)
+chat_template: r1             # optional: chat template from this parent (default: tokenizer_source)
+generation_config: r1         # optional: generation_config.json from this parent (default: base)
 rules:                        # first matching rule wins
   - select: routed_experts    # or `pattern: <regex searched in the tensor name>`
+    layers: 3-30, 40          # optional: only tensors of these layers (ranges inclusive)
     weights: {r1: 1.0}        # convex: each >= 0, sum 1 within 1e-6; parents not named weigh 0
     threshold: 1.5            # optional: merge only tensors with d = r / median(r) >= 1.5
+  - select: attention
+    layers: 0-60
+    weights: {v3: [1.0, 0.5], r1: [0.0, 0.5]}   # a list varies linearly from the first to the last layer
+  - pattern: "mlp\\.shared_experts"
+    normalize: false          # task arithmetic: weights used as given (any sign, any sum)
+    weights: {v3: -1.0, r1: 1.0, r1_0528: 1.0}
 output: {dtype: auto, shard_size: 5GB}
 ```
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from merge.errors import RecipeError
 from merge.layout import TensorClass
@@ -57,15 +77,48 @@ def parse_size(value: int | str) -> int:
     return n
 
 
+Weight = float | list[float]
+
+
+def parse_layers(value: Any) -> tuple[tuple[int, int], ...] | None:
+    """'3-30, 40' / 5 / [0, '10-20'] -> ((3, 30), (40, 40)) etc.: inclusive layer ranges."""
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    out: list[tuple[int, int]] = []
+    for item in items:
+        for part in str(item).split(",") if isinstance(item, str) else [item]:
+            if isinstance(part, bool) or not isinstance(part, int | str):
+                raise ValueError(f"{part!r} is not a layer or a range; write e.g. 3-30 or [0, 5-9]")
+            lo, _, hi = str(part).strip().partition("-")
+            if not lo.isdigit() or not (hi or lo).isdigit():
+                raise ValueError(f"{part!r} is not a layer or a range; write e.g. 3-30 or [0, 5-9]")
+            if int(hi or lo) < int(lo):
+                raise ValueError(f"range {part!r} ends before it starts; write low-high")
+            out.append((int(lo), int(hi or lo)))
+    if not out:
+        raise ValueError("layers is empty; give layers like 3-30, or drop the key")
+    return tuple(out)
+
+
 class Rule(BaseModel):
-    """One merge rule: which tensors (a named class or a regex) and the parents' convex weights."""
+    """One merge rule: which tensors (a named class or a regex, optionally only some layers) and the parents'
+    weights: convex by default; a list varies linearly across the rule's layers; `normalize: false` takes any
+    real weights as given (task arithmetic: e.g. {v3: -1, r1: 1, r1_0528: 1} adds R1's change to R1-0528)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     select: TensorClass | None = None
     pattern: str | None = None
-    weights: dict[str, float]
+    layers: tuple[tuple[int, int], ...] | None = None
+    normalize: bool = True  # declared before weights: their validator reads it
+    weights: dict[str, Weight]
     threshold: float | None = Field(default=None, gt=0)
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers(cls, v: Any) -> tuple[tuple[int, int], ...] | None:
+        return parse_layers(v)
 
     @field_validator("pattern")
     @classmethod
@@ -79,15 +132,32 @@ class Rule(BaseModel):
 
     @field_validator("weights")
     @classmethod
-    def _convex(cls, v: dict[str, float]) -> dict[str, float]:
+    def _weights(cls, v: dict[str, Weight], info: ValidationInfo) -> dict[str, Weight]:
+        normalize = info.data.get("normalize", True)
         if not v:
             raise ValueError("weights is empty; give at least one parent, e.g. {r1: 1.0}")
-        for name, w in v.items():
-            if not math.isfinite(w) or w < 0:
-                raise ValueError(f"weight of {name!r} is {w}; weights must be >= 0")
-        total = sum(v.values())
-        if abs(total - 1.0) > WEIGHT_TOLERANCE:
-            raise ValueError(f"weights sum to {total:g}; they must sum to 1 (within {WEIGHT_TOLERANCE:g})")
+        lengths = {len(w) for w in v.values() if isinstance(w, list)}
+        if lengths and info.data.get("layers") is None:
+            raise ValueError("weights given as lists vary across the rule's layers; add e.g. `layers: 3-60`")
+        if len(lengths) > 1 or min(lengths, default=2) < 2:
+            raise ValueError("weight lists must all have the same length, at least 2 (first and last layer)")
+        n = lengths.pop() if lengths else 1
+        for k in range(n):  # lists interpolate linearly: checking each list position checks every layer
+            col = {p: w[k] if isinstance(w, list) else w for p, w in v.items()}
+            for name, w in col.items():
+                if not math.isfinite(w) or (normalize and w < 0):
+                    raise ValueError(
+                        f"weight of {name!r} is {w}; weights must be >= 0 (or set `normalize: false` for task "
+                        "arithmetic)"
+                    )
+            total = sum(col.values())
+            if normalize and abs(total - 1.0) > WEIGHT_TOLERANCE:
+                raise ValueError(
+                    f"weights sum to {total:g}; they must sum to 1 (within {WEIGHT_TOLERANCE:g}), or set "
+                    "`normalize: false` to use them as given"
+                )
+            if not normalize and not any(col.values()):
+                raise ValueError("weights are all 0; give at least one non-zero weight")
         return v
 
     @model_validator(mode="after")
@@ -95,6 +165,29 @@ class Rule(BaseModel):
         if (self.select is None) == (self.pattern is None):
             raise ValueError("a rule needs exactly one of `select: <tensor class>` or `pattern: <regex>`")
         return self
+
+    def matches_layer(self, layer: int | None) -> bool:
+        """No `layers:` matches every tensor; with it, only tensors of those layers (never embeddings, lm_head,
+        model.norm)."""
+        if self.layers is None:
+            return True
+        return layer is not None and any(lo <= layer <= hi for lo, hi in self.layers)
+
+    def weights_at(self, layer: int | None) -> dict[str, float]:
+        """The weights for a tensor of `layer`: lists are interpolated linearly, their first value at the first
+        layer of `layers:` and their last at its last, the values between spread evenly."""
+        if self.layers is None or layer is None:
+            return {p: float(w[0] if isinstance(w, list) else w) for p, w in self.weights.items()}
+        first, last = min(lo for lo, _ in self.layers), max(hi for _, hi in self.layers)
+        out: dict[str, float] = {}
+        for p, w in self.weights.items():
+            if not isinstance(w, list):
+                out[p] = float(w)
+                continue
+            t = 0.0 if last == first else (layer - first) / (last - first) * (len(w) - 1)
+            i = min(int(t), len(w) - 2)
+            out[p] = w[i] + (t - i) * (w[i + 1] - w[i])
+        return out
 
     @property
     def label(self) -> str:
@@ -121,6 +214,9 @@ class Recipe(BaseModel):
     name: str = Field(pattern=r"^[\w.-]+$", min_length=1)
     base: str
     parents: dict[str, str] = Field(min_length=1)
+    tokenizer_source: str | None = None
+    chat_template: str | None = None
+    generation_config: str | None = None
     rules: list[Rule] = Field(default_factory=list)
     output: Output = Output()
 
@@ -130,6 +226,10 @@ class Recipe(BaseModel):
             raise ValueError(
                 f"base {self.base!r} is not one of parents {sorted(self.parents)}; name a parent"
             )
+        for key in ("tokenizer_source", "chat_template", "generation_config"):
+            v = getattr(self, key)
+            if v is not None and v not in self.parents:
+                raise ValueError(f"{key} {v!r} is not one of parents {sorted(self.parents)}; name a parent")
         for i, rule in enumerate(self.rules):
             unknown = sorted(set(rule.weights) - set(self.parents))
             if unknown:
@@ -137,6 +237,16 @@ class Recipe(BaseModel):
                     f"rules.{i}.weights names unknown parent {unknown[0]!r}; parents are {sorted(self.parents)}"
                 )
         return self
+
+    def side_sources(self) -> dict[str, str]:
+        """Which parent each group of side files comes from (merge.sidefiles)."""
+        tok = self.tokenizer_source or self.base
+        return {"base": self.base, "tokenizer": tok, "chat_template": self.chat_template or tok,
+                "generation_config": self.generation_config or self.base}  # fmt: skip
+
+    def key(self) -> str:
+        """sha256 of the validated recipe: what a build directory is bound to."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
 def is_repo_id(spec: str) -> bool:

@@ -93,3 +93,15 @@ def assert_one_line_error(p: subprocess.CompletedProcess[str], *needles: str) ->
     assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
     for n in needles:
         assert n in lines[0], lines[0]
+
+
+def file_size_limit(nbytes: int) -> Any:
+    """A preexec_fn capping every file the child process writes at `nbytes`: a full disk, for one process."""
+    import resource
+    import signal
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    return limit

@@ -214,3 +214,70 @@ def test_llama_pattern_merge_matches_a_float32_linear_merge(tmp_path: Path) -> N
             want.addcmul_(t.float(), torch.tensor(w))
         assert torch.equal(o.t[n], want.to(torch.bfloat16))
     assert o.raw("model.norm.weight") == x.raw("model.norm.weight")
+
+
+def test_tiny_block_gives_a_finite_fp8_child(tmp_path: Path) -> None:
+    """A block of float32 subnormals (amax / 448 underflows to 0) used to get scale 0 and NaN bytes, silently."""
+    from safetensors.torch import save_file
+
+    from merge.fp8 import MIN_SCALE
+
+    name = "model.layers.0.self_attn.q_proj.weight"
+    for p, seed in (("x", 0), ("y", 1)):
+        w = torch.randn(256, 256, generator=torch.Generator().manual_seed(seed))
+        w[:128, :128] = 1e-44 * (seed + 1)
+        (tmp_path / p).mkdir()
+        save_file({name: w, "model.norm.weight": torch.ones(256)}, str(tmp_path / p / "model.safetensors"))
+        (tmp_path / p / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    r = Recipe.model_validate({"name": "t", "base": "x", "parents": {p: str(tmp_path / p) for p in "xy"},
+                               "rules": [{"pattern": "q_proj", "weights": {"x": 0.5, "y": 0.5}}],
+                               "output": {"dtype": "fp8"}})  # fmt: skip
+    build_child(r, tmp_path / "o")
+    x, y, child = Ckpt(tmp_path / "x"), Ckpt(tmp_path / "y"), Ckpt(tmp_path / "o")
+    scale = child.t[name + "_scale_inv"]
+    assert bool((scale >= MIN_SCALE).all()) and bool(torch.isfinite(child.t[name].float()).all())
+    want = 0.5 * x.value(name) + 0.5 * y.value(name)
+    assert bool(((child.value(name) - want).abs() <= fp8_bound(want, scale)).all())
+
+
+def test_diff_normalizes_per_rule_exactly_like_the_build(parents: dict[str, Path], tmp_path: Path) -> None:
+    """A rule spanning two classes: `diff --recipe` gives the build's d bit for bit; per class it differs."""
+    from merge.diff import diff_checkpoints
+
+    r = recipe({"a": parents["a"], "b": parents["b"]},
+               [{"pattern": r"self_attn\.|shared_experts\.", "weights": {"b": 1.0}, "threshold": 1.0}])  # fmt: skip
+    build_child(r, tmp_path / "o")
+    built = {t["name"]: t for t in manifest(tmp_path / "o")["tensors"] if t["rule"] is not None}
+    by_rule = {row.name: row for row in diff_checkpoints(parents["a"], parents["b"], recipe=r).rows}
+    assert built and all((by_rule[n].r, by_rule[n].d) == (t["r"], t["d"]) for n, t in built.items())
+    by_class = {row.name: row for row in diff_checkpoints(parents["a"], parents["b"]).rows}
+    assert any(by_class[n].d != t["d"] for n, t in built.items())
+
+
+def test_distances_stream_in_windows_and_buffers_shrink_back(
+    parents: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows of 128 rows give the bits of the whole tensor; a worker keeps no buffer above its limit."""
+    from merge import engine as eng
+    from merge import mix
+
+    r = recipe(
+        {"a": parents["a"], "b": parents["b"]}, [{"pattern": "embed_tokens", "weights": {"a": 0.3, "b": 0.7}}]
+    )
+    item = next(it for it in plan_recipe(r).items if it.name == "model.embed_tokens.weight")  # 300 x 192 bf16
+    e = eng.Engine("a", eng.Readers(), torch.device("cpu"))
+    monkeypatch.setattr(mix, "CHUNK_BYTES", 1)  # 128-row chunks
+    whole = e.distance(item)  # one window
+    monkeypatch.setattr(eng, "WINDOW_BYTES", 1)  # one chunk per window: 3 windows
+    assert (
+        e.distance(item)
+        == whole
+        == mix.distance(
+            [(w, e.readers.read(item.stored[p].weight), None) for p, w in item.parts()],
+            [(1.0, e.readers.read(item.stored["a"].weight), None)],
+        )
+    )
+    e.ws.keep_bytes = 1000
+    e.compute(item)
+    assert e.ws.nbytes <= 1000  # the 115 KB read buffers were dropped after the tensor
+    e.readers.close()

@@ -142,3 +142,18 @@ def test_verify_and_diff_cli(parents: dict[str, Path], tmp_path: Path) -> None:
     x = _copy(parents["c"], tmp_path / "x")
     (x / "model.safetensors").write_bytes(b"\x01")
     assert_one_line_error(run_cli("verify", str(x)), "truncated")
+
+
+def test_bf16_weight_with_a_scale_is_refused(parents: dict[str, Path], tmp_path: Path) -> None:
+    """A half-converted parent: a bf16 expert that still carries a weight_scale_inv. Merging would multiply bf16
+    values by a stray scale and write the child as FP8 + scale, which verify accepts."""
+    from safetensors.torch import load_file, save_file
+
+    from merge.fp8 import scale_shape
+
+    x = _copy(parents["c"], tmp_path / "x")
+    tensors = load_file(str(x / "model.safetensors"))
+    tensors[EXPERT + "_scale_inv"] = torch.full(scale_shape(tuple(tensors[EXPERT].shape)), 0.5)
+    save_file(tensors, str(x / "model.safetensors"), metadata={"format": "pt"})
+    assert_one_line_error(build(tmp_path, parents, x), "parent 'x'", EXPERT, "BF16", "weight_scale_inv")
+    assert nothing_written(tmp_path)

@@ -44,6 +44,33 @@ def test_relative_parents_resolve_against_the_recipe_dir(tmp_path: Path) -> None
         ({"rules": [{"select": "experts", "weights": {"b": 1}}]}, "rules.0.select"),
         ({"rules": [{"select": "router", "weights": {"b": 1}, "threshold": -1}]}, "rules.0.threshold"),
         ({"output": {"shard_size": "lots"}}, "output.shard_size"),
+        (
+            {"rules": [{"select": "router", "layers": "5-3", "weights": {"b": 1}}]},
+            "rules.0.layers: range '5-3' ends",
+        ),
+        (
+            {"rules": [{"select": "router", "layers": "x", "weights": {"b": 1}}]},
+            "rules.0.layers: 'x' is not a layer",
+        ),
+        (
+            {"rules": [{"select": "router", "weights": {"b": [0.0, 1.0], "a": [1.0, 0.0]}}]},
+            "add e.g. `layers: 3-60`",
+        ),
+        (
+            {"rules": [{"select": "router", "layers": "0-9", "weights": {"b": [0.2, 0.5], "a": [0.8, 0.4]}}]},
+            "rules.0.weights: weights sum to 0.9",
+        ),
+        (
+            {
+                "rules": [
+                    {"select": "router", "layers": "0-9", "weights": {"b": [1.0, 0.5, 0.0], "a": [0.0, 0.5]}}
+                ]
+            },
+            "same length",
+        ),
+        ({"rules": [{"select": "router", "normalize": False, "weights": {"b": 0.0}}]}, "all 0"),
+        ({"chat_template": "zz"}, "chat_template 'zz' is not one of parents"),
+        ({"tokenizer_source": "zz"}, "tokenizer_source 'zz' is not one of parents"),
         ({"output": {"dtype": "fp16"}}, "output.dtype"),
         ({"extra": 1}, "extra"),
     ],
@@ -52,6 +79,24 @@ def test_bad_recipes_name_the_field(tmp_path: Path, edit: dict, needle: str) -> 
     with pytest.raises(RecipeError) as e:
         load_recipe(write_recipe(tmp_path / "r.yaml", {**GOOD, **edit}))
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_negative_weights_point_to_normalize_false(tmp_path: Path) -> None:
+    rule = {"select": "routed_experts", "weights": {"a": -1.0, "b": 2.0}}
+    with pytest.raises(RecipeError, match="normalize: false"):
+        load_recipe(write_recipe(tmp_path / "r.yaml", {**GOOD, "rules": [rule]}))
+    r = load_recipe(write_recipe(tmp_path / "r.yaml", {**GOOD, "rules": [{**rule, "normalize": False}]}))
+    assert r.rules[0].weights_at(5) == {"a": -1.0, "b": 2.0}
+
+
+def test_layers_and_weights_by_layer() -> None:
+    rule = Recipe.model_validate({**GOOD, "rules": [{"select": "attention", "layers": "10-20, 30",
+                                                     "weights": {"a": [1.0, 0.0, 1.0], "b": [0.0, 1.0, 0.0]}}]}).rules[0]  # fmt: skip
+    assert rule.layers == ((10, 20), (30, 30))
+    assert [rule.matches_layer(n) for n in (9, 10, 25, 30, None)] == [False, True, False, True, False]
+    # anchors spread evenly from layer 10 to layer 30: 10 -> first, 20 -> middle, 30 -> last; between: linear
+    assert [rule.weights_at(n)["a"] for n in (10, 15, 20, 30)] == [1.0, 0.5, 0.0, 1.0]
+    assert sum(rule.weights_at(13).values()) == pytest.approx(1.0)
 
 
 def test_not_yaml(tmp_path: Path) -> None:
@@ -104,3 +149,15 @@ def test_fp8_projections() -> None:
     assert not is_fp8_projection("model.layers.1.mlp.gate.weight")
     assert not is_fp8_projection("model.layers.61.eh_proj.weight")
     assert not is_fp8_projection("lm_head.weight")
+
+
+def test_shipped_recipes_pin_hub_parents_to_commits() -> None:
+    import re
+
+    from merge_helpers import ROOT
+
+    for name in ("r1t", "r1t2"):
+        r = load_recipe(ROOT / "merge" / "recipes" / f"{name}.yaml")
+        for spec in r.parents.values():
+            assert re.fullmatch(r"deepseek-ai/DeepSeek-[\w.-]+@[0-9a-f]{40}", spec), (name, spec)
+    assert load_recipe(ROOT / "merge" / "recipes" / "r1t2.yaml").side_sources()["chat_template"] == "r1_0528"
