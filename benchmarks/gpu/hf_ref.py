@@ -37,10 +37,15 @@ def _tensor_files(model_dir: Path) -> dict[str, Path]:
         return {k: model_dir / "model.safetensors" for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
 
 
-def load(model_dir: Path, device: str) -> Any:
+def load(model_dir: Path, device: str, fp8_dequantize: bool = False) -> Any:
+    """A checkpoint in bf16; `fp8_dequantize`: an FP8 one through transformers' own FineGrainedFP8Config."""
     from transformers import AutoModelForCausalLM
 
     kw: dict[str, Any] = {"device_map": device} if device == "cuda" else {}
+    if fp8_dequantize:
+        from transformers import FineGrainedFP8Config
+
+        kw["quantization_config"] = FineGrainedFP8Config(dequantize=True)
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, **kw).eval()
 
 
