@@ -153,7 +153,7 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{ms(ch['tpot_p50'])}/{ms(ch['tpot_p99'])} | {ms(vl.get('tpot_p50'))}/{ms(vl.get('tpot_p99'))}"])  # fmt: skip
     return "\n".join([
         f"Model: {result['widths']} widths ({w['hidden_size']} hidden, {w['num_attention_heads']} heads), "
-        f"{'FP8' if result['widths'] != 'tiny' else 'bf16'} dummy weights, {p['layers']} layers ({p['dense']} dense + "
+        f"{'FP8' if result['widths'] != 'tiny' else 'bf16'} {result.get('weights', 'dummy')} weights, {p['layers']} layers ({p['dense']} dense + "
         f"{p['moe']} MoE, {w['n_routed_experts']} experts top-{w['num_experts_per_tok']}), vocab {result['vocab']}; "
         f"weights {p['weight_bytes'] / GiB:.1f} GiB. Load: chimera-load, "
         f"streaming chat, {result['prompt_tokens']} prompt + {result['output_tokens']} output tokens, greedy.",
