@@ -250,6 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stem", default="gpu-r1t2-projection")
     a = ap.parse_args(argv)
     measured = json.loads(a.measured.read_text())
+    if measured.get("widths", "dsv3") != "dsv3":
+        raise SystemExit(
+            f"{a.measured} measured {measured['widths']} widths; calibrating R1T2 needs DeepSeek-V3's"
+        )
     names = {f.name: f.type for f in fields(Assumptions)}
     over: dict[str, Any] = {}
     for item in a.set:

@@ -88,3 +88,10 @@ def test_main_writes_a_labelled_projection(tmp_path: Path) -> None:
 
 def test_r1t2_bytes_from_one_layer_configs_match_the_full_plan() -> None:
     assert pr.r1t2_bytes() == 688_574_839_360
+
+
+def test_refuses_a_run_of_other_widths(tmp_path: Path) -> None:
+    src = tmp_path / "tiny.json"
+    src.write_text(json.dumps({**MEASURED, "widths": "tiny"}))
+    with pytest.raises(SystemExit, match="needs DeepSeek-V3's"):
+        pr.main([str(src), "--results", str(tmp_path)])
