@@ -3,7 +3,8 @@
 #   build  - started in the background by run_stash.sh: parents, chimera-merge --device cuda (FP8 and bf16
 #            children), verify, transformers' greedy tokens; touches /root/fp8child.done (or .failed) at the end.
 #   serve  - after vLLM's bundle is unpacked into /tmp/site: waits for the build, then chimera-serve on each child,
-#            128 prompts through the HTTP API, serve_check on the FP8 server; results and logs to $OUT.
+#            512 prompts through the HTTP API (PROMPTS; one prompt moves an agreement by 0.002, so the 0.05 gate
+#            is not decided by sampling noise), serve_check on the FP8 server; results and logs to $OUT.
 #            DEADLINE (epoch seconds, set at the call's start) bounds the wait and the run.
 # Usage: bash benchmarks/gpu/run_fp8_child.sh build|serve [WORK]
 set -uo pipefail
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/../.." || exit 1
 MODE=$1; WORK=${2:-/root/fp8child}; DEST=${OUT:-$WORK/out}; mkdir -p "$WORK" "$DEST"
 export PYTHONPATH=/tmp/site:/tmp/site-extra:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export VLLM_USE_DEEP_GEMM=0 VLLM_MOE_USE_DEEP_GEMM=0 VLLM_USE_FLASHINFER_SAMPLER=0
-G="python3 benchmarks/gpu/fp8_child.py --work $WORK --prompts ${PROMPTS:-128} --check"
+G="python3 benchmarks/gpu/fp8_child.py --work $WORK --prompts ${PROMPTS:-512} --check"
 if [ "$MODE" = build ]; then
   # The parents (~28 GB at one MoE layer) go to RAM when the disk cannot also hold them: /dev/shm, or a tmpfs of
   # our own where /dev/shm is small.
