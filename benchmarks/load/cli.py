@@ -64,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
         "--levels", help="sweep concurrencies, e.g. 1,2,4,8 (default: doubling to --max-concurrency)"
     )
     p.add_argument("--max-concurrency", type=int, default=256, help="sweep ceiling (default 256)")
+    p.add_argument("--all-levels", action="store_true", help="sweep: run every level, even past saturation")
     p.add_argument(
         "--rate-fractions", help="rate sweep: fractions of the saturating rate (default .25,.5,.75,.9,1)"
     )
@@ -135,7 +136,7 @@ def build_config(a: argparse.Namespace) -> LoadConfig:
         levels = _floats(a.levels, "--levels")
         fractions = _floats(a.rate_fractions, "--rate-fractions")
         shape = Sweep(over=a.sweep, levels=tuple(int(x) for x in levels) if levels else None,
-                      max_concurrency=a.max_concurrency, arrivals=a.arrivals,
+                      max_concurrency=a.max_concurrency, arrivals=a.arrivals, run_all_levels=a.all_levels,
                       **({"rate_fractions": fractions} if fractions else {}))  # fmt: skip
     else:
         shape = Concurrency(concurrency=a.concurrency or 8)

@@ -157,6 +157,7 @@ class Sweep(_Frozen):
     rate_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9, 1.0)
     arrivals: Literal["constant", "poisson"] = "poisson"
     saturation_gain: float = Field(0.1, ge=0, le=1)  # less growth than this when load doubles = saturated
+    run_all_levels: bool = False  # run every level even past saturation or overload (fixed comparison grids)
 
     @field_validator("levels")
     @classmethod

@@ -241,7 +241,9 @@ async def _levels(
     if shape.over == "concurrency":
         for c in sweep.concurrency_levels(shape):
             await level(Concurrency(concurrency=c))
-            if stopped := sweep.stop_reason(result.levels, shape.saturation_gain):
+            reason = sweep.stop_reason(result.levels, shape.saturation_gain)
+            if reason and (result.partial or not shape.run_all_levels):
+                stopped = reason
                 break
     else:
         probe = await level(Concurrency(concurrency=shape.max_concurrency))
@@ -328,4 +330,9 @@ async def _preflight(session: aiohttp.ClientSession, target: Target, prompt: Pro
         raise EndpointError(
             f"{url} is not an OpenAI-compatible endpoint: POST /v1/chat/completions: {r.error}"
         )
-    raise EndpointError(f"{url}: the first request failed: {r.error}")
+    hint = (
+        " (if it refuses a field chimera-load sends: --no-ignore-eos, --extra-body)"
+        if r.status == 400
+        else ""
+    )
+    raise EndpointError(f"{url}: the first request failed: {r.error}{hint}")

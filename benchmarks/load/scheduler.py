@@ -13,6 +13,7 @@ consecutive connection failures mean the server is gone: the level stops, marked
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -206,7 +207,10 @@ async def run_rate(
     late = 0
     for off in offsets:
         delay = t0 + off - time.perf_counter()
-        if delay > 0:
+        if delay > 0.05:  # a long gap: wake early if the run is stopped (Ctrl-C, server gone)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lv.stop.wait(), timeout=delay)
+        elif delay > 0:
             await asyncio.sleep(delay)
         if not lv.may_start():
             break

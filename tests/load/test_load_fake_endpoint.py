@@ -29,7 +29,7 @@ def metric(base: str, name: str) -> float:
 
 
 def test_reasoning_stream_with_keepalives_counts_exactly() -> None:
-    with fake_server("--itl-ms", "2", "--reasoning", "6", "--keepalive") as srv:
+    with fake_server("--itl-ms", "5", "--reasoning", "6", "--keepalive") as srv:
         cfg = LoadConfig(url=srv.base_url, workload=SMALL, shape=Concurrency(concurrency=4), max_requests=24)
         res = run_load(cfg)
     s = res.levels[0]
@@ -40,7 +40,9 @@ def test_reasoning_stream_with_keepalives_counts_exactly() -> None:
         and s["answer_tokens"] == 24 * 14
     )
     assert s["reasoning_source"] == "usage" and s["think_rate"] == 1.0
-    assert s["ttfa_s"]["p50"] > s["ttft_s"]["p50"]  # the answer starts 6 tokens after the first token
+    # The answer starts 6 tokens after the first token (a stalled client may read both at once: >=).
+    rs = res.runs[0].results
+    assert all(r.ttfa >= r.ttft for r in rs) and any(r.ttfa > r.ttft for r in rs)
     assert s["itl_s"]["n"] == 24 * 19
     x = res.crosscheck
     assert x["checked"] and x["exact"], x
