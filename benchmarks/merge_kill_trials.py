@@ -1,11 +1,15 @@
 """Crash safety of `chimera-merge build`: real builds killed with SIGKILL at random moments, then resumed.
 
-Each trial starts the real CLI on one recipe, sends SIGKILL at a moment drawn uniformly from the duration of an
-uninterrupted run (interpreter start-up included), notes what the output directory showed at that moment (the
-phase: start-up, distances, shards k/n, finishing, ...), runs the same command with `--resume` to completion, and
-compares every file of the child (shards, index, config, side files, model card, manifest) with an uninterrupted
-build's, byte for byte. The recipe has a threshold rule (a distance pass over every routed expert) and ~2 MB
-shards, so kills land in every phase. A trial whose resume fails or whose child differs is a failure.
+Each trial starts the real CLI on one recipe and sends SIGKILL at a moment drawn uniformly from the build's own
+CPU time, counted from its state file appearing (start-up, imports included, is over by then), over the span an
+uninterrupted run takes from that file to its manifest (the completion marker), measured first. The build
+runs in 2 ms slices between SIGSTOPs while its CPU time (/proc/PID/stat, all threads) is compared with the drawn
+moment, so where the kill lands does not depend on how busy the machine is (a wall-clock moment does: on a shared
+2-core machine one run took 3x another). The trial notes what the directory showed at the kill (the phase:
+resolving, distances k/n, shards k/n, finishing), runs the same command with `--resume` to completion, and compares
+every file of the child (shards, index, config, side files, model card, manifest) with the uninterrupted build's,
+byte for byte. The recipe has threshold rules (a distance pass over attention and shared experts) and merges
+every routed expert into ~2 MB shards, so both passes take a good share of the build.
 
     python -m benchmarks.merge_kill_trials [--trials 20] [--seed 0] [--workdir DIR]
 
@@ -35,7 +39,7 @@ from benchmarks._common import markdown_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 # Full-width-ish tensors are not needed to test crash safety; enough of them to make every phase last.
-CONFIG_OVERRIDES = {"hidden_size": 512, "moe_intermediate_size": 512, "n_routed_experts": 16, "num_hidden_layers": 4,
+CONFIG_OVERRIDES = {"hidden_size": 1024, "moe_intermediate_size": 1024, "n_routed_experts": 16, "num_hidden_layers": 4,
                     "vocab_size": 4096}  # fmt: skip
 
 
@@ -48,8 +52,9 @@ def write_setup(root: Path, config_overrides: dict[str, Any] | None = None, shar
     write_synthetic_parent(root / "p" / "b", config, seed=1, fp8=True, base=a)
     recipe = {
         "name": "kill-trials", "base": "a", "parents": {"a": "p/a", "b": "p/b"},
-        "rules": [{"select": "routed_experts", "weights": {"a": 0.5, "b": 0.5}, "threshold": 1.0},
-                  {"select": "attention", "weights": {"a": 0.3, "b": 0.7}}],
+        "rules": [{"select": "attention", "weights": {"a": 0.3, "b": 0.7}, "threshold": 1.0},
+                  {"select": "shared_experts", "weights": {"a": 0.5, "b": 0.5}, "threshold": 1.0},
+                  {"select": "routed_experts", "weights": {"a": 0.5, "b": 0.5}}],
         "output": {"shard_size": shard_size},
     }  # fmt: skip
     path = root / "recipe.yaml"
@@ -85,11 +90,11 @@ def phase(out: Path, n_shards: int, n_distances: int) -> str:
 
     state_path = out / STATE_NAME
     if not state_path.exists():
-        return "finished" if (out / MANIFEST_NAME).exists() else "start-up"
+        return "finished (exiting)" if (out / MANIFEST_NAME).exists() else "start-up (no state yet)"
     try:
         state = json.loads(state_path.read_text())
     except (OSError, ValueError):
-        return "start-up"
+        return "start-up (no state yet)"
     if state.get("fingerprint") is None:
         return "resolving parents"
     done = len(state["shards"])
@@ -99,6 +104,12 @@ def phase(out: Path, n_shards: int, n_distances: int) -> str:
     if done < n_shards:
         return f"shards {done}/{n_shards}"
     return "finishing (index, side files, card, verify)"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stop_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], step: float = 0.002) -> bool:
@@ -121,30 +132,60 @@ def differing_files(a: Path, b: Path) -> list[str]:
                                      (a / n).read_bytes() == (b / n).read_bytes())]  # fmt: skip
 
 
-def kill_and_resume(recipe: Path, out: Path, ref: Path, *, at: float | Callable[[], bool]) -> dict[str, Any]:
-    """One trial: SIGKILL the build at `at` seconds (or once `at()` holds), resume, compare with `ref`."""
+def kill_and_resume(recipe: Path, out: Path, ref: Path, *, at: Callable[[int], bool]) -> dict[str, Any]:
+    """One trial: SIGKILL the build once `at(pid)` holds (checked while it is stopped), resume, compare with
+    `ref`."""
     manifest = json.loads((ref / "merge-manifest.json").read_text())
     n_shards = len(manifest["output"]["shards"])
     n_dist = sum(1 for t in manifest["tensors"] if "threshold" in t)
     proc = subprocess.Popen(build_command(recipe, out), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
-    if callable(at):
-        killed = stop_when(proc, at)
-    else:
-        try:
-            proc.wait(timeout=at)
-            killed = False
-        except subprocess.TimeoutExpired:
-            killed = True
+    killed = stop_when(proc, lambda: at(proc.pid))
+    cpu = cpu_seconds(proc.pid) if killed else None
     if killed:
         proc.kill()  # SIGKILL (delivered to a stopped process too)
     proc.wait()
     seen = phase(out, n_shards, n_dist) if killed else "not killed (finished first)"
     rc, wall, err = run_build(recipe, out, "--resume")
     diff = differing_files(out, ref) if rc == 0 else ["(resume failed)"]
-    return {"kill_at_s": None if callable(at) else round(at, 3), "phase": seen, "killed": killed,
-            "resume_rc": rc, "resume_s": round(wall, 2), "identical": rc == 0 and not diff,
-            "differing": diff, "resume_stderr": err.strip()[-300:]}  # fmt: skip
+    return {"killed_at_cpu_s": cpu, "phase": seen, "killed": killed, "resume_rc": rc, "resume_s": round(wall, 2),
+            "identical": rc == 0 and not diff, "differing": diff, "resume_stderr": err.strip()[-300:]}  # fmt: skip
+
+
+def reference(recipe: Path, out: Path) -> tuple[float, float, float]:
+    """An uninterrupted build run in slices: (its CPU seconds when its state file appears, when its manifest
+    appears, wall seconds to its exit)."""
+    from merge.state import MANIFEST_NAME, STATE_NAME
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(build_command(recipe, out), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    cpu = []
+    for marker in (STATE_NAME, MANIFEST_NAME):
+        if not stop_when(proc, lambda m=marker: (out / m).exists()):
+            raise SystemExit(f"the reference build exited before writing {marker}")
+        cpu.append(cpu_seconds(proc.pid))
+    os.kill(proc.pid, signal.SIGCONT)
+    if proc.wait() != 0:
+        raise SystemExit(f"reference build failed: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return cpu[0], cpu[1], time.perf_counter() - t0
+
+
+def after_state(out: Path, offset: float) -> Callable[[int], bool]:
+    """Ready `offset` CPU seconds after the build's state file appeared (that moment read in this very run, so
+    start-up's run-to-run jitter does not shift where the kill lands)."""
+    from merge.state import STATE_NAME
+
+    start: list[float] = []
+
+    def at(pid: int) -> bool:
+        if not start:
+            if not (out / STATE_NAME).exists():
+                return False
+            start.append(cpu_seconds(pid))
+        return cpu_seconds(pid) >= start[0] + offset
+
+    return at
 
 
 def main() -> None:
@@ -159,17 +200,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         recipe = write_setup(work)
-        rc, ref_s, err = run_build(recipe, work / "ref")
-        if rc != 0:
-            raise SystemExit(f"reference build failed: {err.strip()}")
+        start_cpu, end_cpu, ref_s = reference(recipe, work / "ref")
         ref_manifest = json.loads((work / "ref" / "merge-manifest.json").read_text())
+        print(f"uninterrupted build: {ref_s:.1f} s wall, CPU {start_cpu:.2f} s when its state appeared, "
+              f"{end_cpu:.2f} s when its manifest did")  # fmt: skip
         rng = random.Random(args.seed)
         trials = []
         for i in range(args.trials):
             out = work / f"t{i:02d}"
-            t = kill_and_resume(recipe, out, work / "ref", at=rng.uniform(0.0, ref_s))
+            target = rng.uniform(0.0, end_cpu - start_cpu)
+            t = kill_and_resume(recipe, out, work / "ref", at=after_state(out, target))
+            t["target_cpu_s"] = round(target, 3)
             trials.append(t)
-            print(f"trial {i + 1:2d}/{args.trials}: kill at {t['kill_at_s']:6.2f} s ({t['phase']}), resume "
+            print(f"trial {i + 1:2d}/{args.trials}: kill at CPU +{target:5.2f} s ({t['phase']}), resume "
                   f"{t['resume_s']:.1f} s, {'identical' if t['identical'] else 'DIFFERS: ' + str(t['differing'])}")  # fmt: skip
             shutil.rmtree(out, ignore_errors=True)
     finally:
@@ -181,20 +224,25 @@ def main() -> None:
     print(f"{identical}/{len(trials)} children byte-identical to the uninterrupted build ({killed} killed mid-build; "
           f"uninterrupted build {ref_s:.1f} s, {len(ref_manifest['output']['shards'])} shards)")  # fmt: skip
     data = {"trials": trials, "identical": identical, "killed": killed, "seed": args.seed,
-            "uninterrupted_s": round(ref_s, 2), "shards": len(ref_manifest["output"]["shards"]),
+            "uninterrupted_s": round(ref_s, 2), "cpu_window_s": [round(start_cpu, 2), round(end_cpu, 2)],
+            "shards": len(ref_manifest["output"]["shards"]),
             "distance_tensors": sum(1 for t in ref_manifest["tensors"] if "threshold" in t),
             "child_bytes": ref_manifest["output"]["total_size"], "phases": dict(phases)}  # fmt: skip
-    rows = [[i + 1, t["kill_at_s"], t["phase"], t["resume_s"], "yes" if t["identical"] else "NO"]
+    rows = [[i + 1, t["target_cpu_s"], t["phase"], t["resume_s"], "yes" if t["identical"] else "NO"]
             for i, t in enumerate(trials)]  # fmt: skip
     md = (
-        f"**{identical}/{len(trials)}** builds killed with SIGKILL at a random moment (uniform over an uninterrupted "
-        f"run of {ref_s:.1f} s, start-up included; seed {args.seed}) and resumed with `--resume` gave children "
-        f"byte-identical to the uninterrupted build (every file: {data['shards']} shards of a "
+        f"**{identical}/{len(trials)}** builds killed with SIGKILL at a random moment (uniform over the build's own CPU "
+        f"time after its state file appeared, over the {end_cpu - start_cpu:.2f} s an uninterrupted run takes from "
+        f"there to its manifest; seed {args.seed}) and "
+        f"resumed with `--resume` gave children byte-identical to the uninterrupted build (every file: "
+        f"{data['shards']} shards of a "
         f"{data['child_bytes'] / 1e6:.1f} MB FP8 child, index, config, side files, model card, manifest). "
         f"{killed} trials were killed mid-build; phases hit: "
         + ", ".join(f"{k} {v}" for k, v in sorted(phases.items()))
         + ".\n\n"
-        + markdown_table(["trial", "kill at (s)", "phase at the kill", "resume (s)", "identical"], rows)
+        + markdown_table(
+            ["trial", "kill at CPU after state (s)", "phase at the kill", "resume (s)", "identical"], rows
+        )
     )
     write_results("merge-kill-trials", data, md)
     if identical != len(trials):

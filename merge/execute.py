@@ -166,6 +166,9 @@ def build_child(recipe: Recipe, out_dir: Path, *, resume: bool = False, workers:
     dev = check_device(device)
     if workers < 1:
         raise MergeError(f"--workers {workers}: give at least 1")
+    if dev.type == "cpu":
+        # numba and its cached kernels (~1 s of CPU) load before the output directory exists, not mid-pass
+        import merge.kernels  # noqa: F401
     bdir = BuildDir(out_dir, recipe.key(), resume=resume)
     ckpts: dict[str, Checkpoint] = {}
     readers = Readers()

@@ -31,14 +31,15 @@ from merge.recipe import load_recipe
 from merge.state import DISTANCES_NAME, FORMAT, MANIFEST_NAME, STATE_NAME, BuildDir, read_distances
 from merge.synthetic import synthetic_config, write_sparse_parent
 
-# 72 routed experts under a threshold rule (the distance pass) and ~30 shards of 100 KB
+# threshold rules on attention and shared experts (a distance pass over 21 tensors); 72 routed experts merged
+# into ~30 shards of 300 KB
 CONFIG = {"hidden_size": 256, "moe_intermediate_size": 256, "n_routed_experts": 12, "num_hidden_layers": 3}
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("resume")
-    recipe = write_setup(d, CONFIG, shard_size="100KB")
+    recipe = write_setup(d, CONFIG, shard_size="300KB")
     build_child(load_recipe(recipe), d / "ref", workers=2)  # the CLI writes the same bytes (test_workers...)
     return recipe, d / "ref"
 
@@ -89,8 +90,8 @@ def test_sigkill_between_shards_resumes_and_rebuilds_a_damaged_shard(
     assert_one_line_error(run_cli("build", str(recipe), "--out", str(out)), "--resume")
     p = run_cli("build", str(recipe), "--out", str(out), "--resume", "--workers", "2")
     assert p.returncode == 0, p.stderr
-    assert f"warning: {victim}: damaged" in p.stderr and "rebuilding it" in p.stderr
     assert differing_files(out, ref) == []
+    assert f"warning: {victim}: damaged" in p.stderr and "rebuilding it" in p.stderr
     assert {n: (out / n).stat().st_mtime_ns for n in stamps} == stamps  # intact finished shards were kept
     # resuming a finished build is a no-op; building over it without --resume is refused
     assert run_cli("build", str(recipe), "--out", str(out), "--resume").returncode == 0
@@ -155,7 +156,7 @@ def test_random_moment_kills_resume_byte_identical(setup: tuple[Path, Path], tmp
     for i in range(2):
         out, target = tmp_path / f"t{i}", rng.randint(1, total)
 
-        def progress(out: Path = out, target: int = target) -> bool:
+        def progress(pid: int, out: Path = out, target: int = target) -> bool:
             return _lines(out / DISTANCES_NAME) + len(_state(out)["shards"]) >= target
 
         trial = kill_and_resume(recipe, out, ref, at=progress)
