@@ -1,16 +1,12 @@
 """API keys: `Authorization: Bearer <key>`, compared in constant time against every configured key.
 
-No key configured means an open server (the app logs a warning at start). Keys never reach logs or
-metric labels.
+No key configured means an open server (the app logs a warning at start). Keys never reach logs or metric
+labels. The check runs in `middleware.Guard`, before the body is read.
 """
 
 from __future__ import annotations
 
 import hmac
-
-from fastapi import Request
-
-from chimera_serve.errors import AuthenticationError
 
 
 def key_matches(presented: str, keys: tuple[str, ...]) -> bool:
@@ -21,11 +17,7 @@ def key_matches(presented: str, keys: tuple[str, ...]) -> bool:
     return found
 
 
-async def require_api_key(request: Request) -> None:
-    """FastAPI dependency for the /v1 routes."""
-    keys: tuple[str, ...] = request.app.state.settings.api_keys
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not key_matches(token.strip(), keys):
-        raise AuthenticationError("invalid or missing API key: send `Authorization: Bearer <key>`")
+def bearer_matches(authorization: str, keys: tuple[str, ...]) -> bool:
+    """True when an `Authorization` header value is `Bearer <one of keys>` (scheme case-insensitive)."""
+    scheme, _, token = authorization.partition(" ")
+    return scheme.lower() == "bearer" and key_matches(token.strip(), keys)

@@ -4,7 +4,9 @@ Every setting of `ServeSettings` is a flag with vLLM's spelling (`--tensor-paral
 `--api-key`, ...), also settable as `CHIMERA_<NAME>` or in the YAML of `--config`. Failures a user can fix
 (bad value, broken checkpoint, port in use) print one line and exit non-zero, without a traceback.
 SIGTERM drains: /ready turns false, new requests get 503, in-flight requests finish within
-`--drain-grace-s`, then the process exits 0.
+`--drain-grace-s` (what still runs then ends with a 503 error event), then the process exits 0. The port
+answers while the model loads; if the engine fails to load or dies later, the process exits 1.
+On a CPU, vLLM's memory and thread-binding settings get defaults sized from the machine (`hardware`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from chimera_serve.config import ServeSettings, load_settings
 
 log = logging.getLogger("chimera_serve")
 _SPECIAL = {"api_keys", "pricing", "model"}
+ABORT_WAIT_S = 5.0  # after the drain grace: time for aborted streams to send their error frames
 
 
 def _flag_type(annotation: Any) -> tuple[Any, list[Any] | None]:
@@ -75,10 +78,20 @@ def _fail(message: str, code: int = 2) -> typing.NoReturn:
 
 def _settings(ns: argparse.Namespace) -> ServeSettings:
     values = {k: v for k, v in vars(ns).items() if k not in ("config", "price_prompt", "price_completion")}
-    if ns.price_prompt is not None or ns.price_completion is not None:
-        values["pricing"] = {"prompt": ns.price_prompt or "0", "completion": ns.price_completion or "0"}
     try:
-        return load_settings(values, ns.config)
+        settings = load_settings(values, ns.config)
+        prices = {"prompt": ns.price_prompt, "completion": ns.price_completion}
+        if any(v is not None for v in prices.values()):  # a flag overrides its own price only
+            merged = {**settings.pricing.model_dump(), **{k: v for k, v in prices.items() if v is not None}}
+            settings = load_settings({**values, "pricing": merged}, ns.config)
+            unset = [k for k, v in prices.items() if v is None and getattr(settings.pricing, k) == "0"]
+            if unset:
+                given = "prompt" if unset == ["completion"] else "completion"
+                _fail(
+                    f"--price-{given} without --price-{unset[0]}: routers would read a {unset[0]} price of 0 "
+                    f"as free; give --price-{unset[0]} too (0 if it really is free)"
+                )
+        return settings
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "settings"
@@ -112,22 +125,50 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve(app: Any, settings: ServeSettings, sock: socket.socket) -> None:
+def _engine_setup(settings: ServeSettings) -> None:
+    """CPU defaults for vLLM's environment and a check of the engine arguments, before the model loads."""
+    from chimera_serve.engine import EngineConfigError, engine_args
+    from chimera_serve.hardware import HardwareError, apply_engine_env
+
+    try:
+        added = apply_engine_env(settings.tensor_parallel_size * settings.pipeline_parallel_size)
+        engine_args(settings)
+    except (EngineConfigError, HardwareError) as e:
+        _fail(str(e))
+    if added:
+        log.info("CPU engine defaults: %s", " ".join(f"{k}={v}" for k, v in sorted(added.items())))
+
+
+def _serve(settings: ServeSettings, sock: socket.socket) -> int:
+    """Run until stopped; the exit code: 0 after a drain or Ctrl-C, 1 when the engine failed or died."""
     import uvicorn
 
+    from chimera_serve.app import create_app
+
+    exit_code = 0
+
+    def on_fatal(code: int) -> None:
+        nonlocal exit_code
+        exit_code = code
+        server.should_exit = True
+
+    app = create_app(settings, on_fatal=on_fatal)
+
     class DrainingServer(uvicorn.Server):
-        """uvicorn whose SIGTERM drains first: 503 for new requests, in-flight ones finish, then exit."""
+        """uvicorn whose SIGTERM drains first: 503 for new requests, in-flight ones finish within the grace;
+        what is still running then is aborted with a clean 503 error frame, and the process exits."""
 
         deadline: float | None = None
+        aborted: float | None = None
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            server = getattr(app.state, "server", None)
-            if sig == signal.SIGTERM and server is not None and self.deadline is None:
-                server.admission.draining = True
+            srv = app.state.host.server if hasattr(app.state, "host") else None
+            if sig == signal.SIGTERM and srv is not None and self.deadline is None:
+                srv.admission.draining = True
                 self.deadline = time.monotonic() + settings.drain_grace_s
                 log.info(
                     "SIGTERM: draining %d in-flight request(s), grace %.0f s",
-                    server.admission.in_flight,
+                    srv.admission.in_flight,
                     settings.drain_grace_s,
                 )
                 return
@@ -135,16 +176,25 @@ def _serve(app: Any, settings: ServeSettings, sock: socket.socket) -> None:
 
         async def on_tick(self, counter: int) -> bool:
             if self.deadline is not None and not self.should_exit:
-                idle = app.state.server.admission.in_flight == 0
-                if idle or time.monotonic() > self.deadline:
-                    log.info("drained" if idle else "drain grace over: exiting with requests in flight")
+                srv = app.state.host.server
+                now = time.monotonic()
+                if srv.admission.in_flight == 0:
+                    log.info("drained")
+                    self.should_exit = True
+                elif now > self.deadline and self.aborted is None:
+                    n = await srv.shut_down_in_flight()
+                    log.info("drain grace over: ended %d request(s) with a 503 error", n)
+                    self.aborted = now
+                elif self.aborted is not None and now > self.aborted + ABORT_WAIT_S:
                     self.should_exit = True
             return await super().on_tick(counter)
 
     config = uvicorn.Config(
         app, log_config=None, access_log=False, timeout_graceful_shutdown=5, timeout_keep_alive=5
     )
-    DrainingServer(config).run(sockets=[sock])
+    server = DrainingServer(config)
+    server.run(sockets=[sock])
+    return exit_code
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,16 +205,15 @@ def main(argv: list[str] | None = None) -> None:
     access = logging.StreamHandler(sys.stderr)
     access.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("chimera_serve.access").addHandler(access)
-    _verify(settings.model)
-    sock = _bind(
-        settings.host, settings.port
-    )  # before the engine: a busy port fails in a second, not a minute
-    from chimera_serve.app import create_app
-
+    if settings.load_format != "dummy":  # dummy weights: a config.json alone, nothing to verify
+        _verify(settings.model)
+    # The port first: a busy port fails in a second, not after the engine's arguments and model load.
+    sock = _bind(settings.host, settings.port)
+    _engine_setup(settings)
     log.info(
         "serving %s as %r on http://%s:%d", settings.model, settings.model_name, settings.host, settings.port
     )
-    _serve(create_app(settings), settings, sock)
+    sys.exit(_serve(settings, sock))
 
 
 if __name__ == "__main__":

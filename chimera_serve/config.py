@@ -59,17 +59,26 @@ class ServeSettings(BaseSettings):
     pipeline_parallel_size: int = Field(1, ge=1, le=64)
     distributed_executor_backend: Literal["mp", "ray"] | None = None
     enable_expert_parallel: bool = False
+    data_parallel_size: int = Field(1, ge=1, le=64)
     max_model_len: int | None = Field(None, ge=16)
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=0.98)
     max_num_seqs: int | None = Field(None, ge=1, le=4096)
+    max_num_batched_tokens: int | None = Field(None, ge=16)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    kv_cache_dtype: str = "auto"  # vLLM's choices differ by release: checked against the engine at start
+    # Kernel choices, e.g. linear_backend=cutlass, moe_backend=triton on an H200 with vLLM 0.25.
+    linear_backend: str = "auto"
+    moe_backend: str = "auto"
+    num_speculative_tokens: int | None = Field(None, ge=1, le=8)  # MTP speculative decoding (DeepSeek-V3)
+    load_format: str = "auto"  # "dummy": random weights of the checkpoint's shapes (throughput runs)
     enforce_eager: bool = False
     trust_remote_code: bool = False
 
     # HTTP server.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    max_queued: int = Field(64, ge=0, le=100_000)  # requests waiting beyond max_num_seqs, then 429
+    # Requests waiting beyond max_num_seqs, then 429; default: as many as max_num_seqs (sized by vLLM per device).
+    max_queued: int | None = Field(None, ge=0, le=100_000)
     request_timeout_s: float = Field(600.0, gt=0, le=86_400)
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
     drain_grace_s: float = Field(30.0, ge=0, le=3600)

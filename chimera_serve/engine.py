@@ -1,10 +1,11 @@
 """vLLM's async engine behind the small interface the routes use.
 
-The routes never touch vLLM objects except `SamplingParams`: they render a prompt to token ids here,
-call `generate`, and read `Delta`s. Token ids go to the engine as a rendered `TokensInput`, so the
-tokenizer's automatic BOS is never added on top of the one the chat template writes (DeepSeek's
-double-BOS pitfall). `defaults` holds the model's generation_config.json values the way vLLM's own
-server applies them (its bare `SamplingParams.max_tokens` default of 16 would cut every answer).
+The routes never touch vLLM objects: they render a prompt to token ids here, build sampling parameters here,
+call `generate`, and read `Delta`s. Token ids go to the engine as a token prompt, so the tokenizer's automatic
+BOS is never added on top of the one the chat template writes (DeepSeek's double-BOS pitfall). `defaults`
+holds the model's generation_config.json values the way vLLM's own server applies them (its bare
+`SamplingParams.max_tokens` default of 16 would cut every answer). What differs between vLLM releases lives
+in `vllm_compat`; `features` says what this engine can do, so a request for something it cannot is a 400.
 The engine's Prometheus metrics (`vllm:*`) live in the default registry of this process.
 """
 
@@ -15,9 +16,16 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chimera_serve import vllm_compat as compat
 from chimera_serve.config import ServeSettings
+from chimera_serve.errors import BadRequestError
+from chimera_serve.tools import TOOL_CALLS_BEGIN, ToolCall, ToolExtraction, new_call_id
 
 log = logging.getLogger("chimera_serve.engine")
+
+
+class EngineConfigError(ValueError):
+    """A setting this vLLM release does not accept (one line, with the values it does accept)."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,63 @@ class EngineLimits:
     max_num_seqs: int
 
 
+@dataclass(frozen=True)
+class EngineFeatures:
+    """What this engine and model can do; requests needing more get a 400 naming what is missing."""
+
+    vllm_version: str
+    thinking_budget: bool  # SamplingParams.thinking_token_budget (vLLM forces </think> past it)
+    tools: bool  # vLLM's deepseek_v3 tool parser, its tokens in the vocabulary, a template that renders tools
+    tool_tokens_special: bool  # the tool markers are special tokens: decode them (skip_special_tokens=False)
+
+
+def engine_args(settings: ServeSettings) -> dict[str, Any]:
+    """AsyncEngineArgs keywords for `settings`, checked against what this vLLM release accepts."""
+    fields = compat.engine_arg_fields()
+    args: dict[str, Any] = {
+        "model": str(settings.model),
+        "served_model_name": [settings.model_name],
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "pipeline_parallel_size": settings.pipeline_parallel_size,
+        "data_parallel_size": settings.data_parallel_size,
+        "distributed_executor_backend": settings.distributed_executor_backend,
+        "enable_expert_parallel": settings.enable_expert_parallel,
+        "max_model_len": settings.max_model_len,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "max_num_seqs": settings.max_num_seqs,
+        "max_num_batched_tokens": settings.max_num_batched_tokens,
+        "dtype": settings.dtype,
+        "kv_cache_dtype": settings.kv_cache_dtype,
+        "load_format": settings.load_format,
+        "enforce_eager": settings.enforce_eager,
+        "trust_remote_code": settings.trust_remote_code,
+        "generation_config": "auto",
+    }
+    for name in ("linear_backend", "moe_backend"):  # kernel choices: absent from some releases
+        value = getattr(settings, name)
+        if value != "auto" or name in fields:
+            args[name] = value
+    if settings.num_speculative_tokens:
+        args["speculative_config"] = compat.speculative_config(settings.num_speculative_tokens)
+    # Lets requests cap their reasoning (`reasoning.max_tokens` -> thinking_token_budget): past the budget vLLM
+    # forces `</think>`. vLLM's own server builds the same config whenever it has a reasoning parser; with no
+    # budget in the batch its per-step work returns early (no throughput cost: benchmarks/results/serve-vs-vllm.md).
+    args.update(compat.reasoning_engine_args())
+    for name, value in args.items():
+        if name not in fields:
+            raise EngineConfigError(
+                f"vLLM {compat.version()} has no engine argument {name!r}; drop that setting"
+            )
+        choices = compat.literal_choices(name)
+        if choices is not None and value is not None and str(value) not in choices:
+            raise EngineConfigError(
+                f"vLLM {compat.version()} does not accept {name}={value!r}; choose one of: {', '.join(choices)}"
+            )
+    return args
+
+
 class Engine:
-    """An `AsyncLLM` plus its tokenizer; create with `Engine.start(settings)` inside the event loop."""
+    """An `AsyncLLM` plus its tokenizer; create with `Engine.start(settings)` (blocking: run it in a thread)."""
 
     def __init__(self, llm: Any, settings: ServeSettings) -> None:
         self._llm = llm
@@ -58,44 +121,44 @@ class Engine:
             max_model_len=cfg.model_config.max_model_len, max_num_seqs=cfg.scheduler_config.max_num_seqs
         )
         self.defaults: dict[str, Any] = dict(cfg.model_config.get_diff_sampling_param())
+        self._tool_parser_cls = compat.tool_parser_class("deepseek_v3")
+        self.features = EngineFeatures(
+            vllm_version=compat.version(),
+            thinking_budget=compat.thinking_budget_supported(),
+            tools=self._tools_work(),
+            tool_tokens_special=TOOL_CALLS_BEGIN in set(getattr(self.tokenizer, "all_special_tokens", ())),
+        )
+        self._client_errors = compat.client_error_types()
+        self._legacy_errors = compat.legacy_value_errors()
 
     @classmethod
     def start(cls, settings: ServeSettings) -> Engine:
         """Load the model (tens of seconds on a CPU, minutes for a 671B child on 8 GPUs)."""
-        from vllm.config.reasoning import ReasoningConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(
-            model=str(settings.model),
-            served_model_name=[settings.model_name],
-            tensor_parallel_size=settings.tensor_parallel_size,
-            pipeline_parallel_size=settings.pipeline_parallel_size,
-            distributed_executor_backend=settings.distributed_executor_backend,
-            enable_expert_parallel=settings.enable_expert_parallel,
-            max_model_len=settings.max_model_len,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            max_num_seqs=settings.max_num_seqs,
-            dtype=settings.dtype,
-            enforce_eager=settings.enforce_eager,
-            trust_remote_code=settings.trust_remote_code,
-            generation_config="auto",
-            # Lets requests cap their reasoning (`reasoning.max_tokens` -> thinking_token_budget): past the
-            # budget vLLM forces `</think>`. Always on: vLLM's own server builds the same config whenever it
-            # has a reasoning parser, and with no budget in the batch its per-step work returns early (no
-            # throughput cost measured: `--ab-reasoning-config` in benchmarks/results/serve-vs-vllm.md).
-            reasoning_config=ReasoningConfig(reasoning_start_str="<think>", reasoning_end_str="</think>"),
-        )
-        return cls(AsyncLLM.from_engine_args(args), settings)
+        args = AsyncEngineArgs(**engine_args(settings))
+        return cls(AsyncLLM.from_engine_args(args, usage_context=compat.usage_context()), settings)
+
+    def _tools_work(self) -> bool:
+        template = getattr(self.tokenizer, "chat_template", None) or ""
+        vocab = self.tokenizer.get_vocab()
+        return self._tool_parser_cls is not None and TOOL_CALLS_BEGIN in vocab and "tool" in str(template)
 
     # Prompts -------------------------------------------------------------------------------------
 
     def render_chat(
-        self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any] | None = None
+        self,
+        messages: list[dict[str, Any]],
+        template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
         """The chat template applied to `messages`, ending with the assistant turn's opening."""
+        kwargs = dict(template_kwargs or {})
+        if tools:
+            kwargs["tools"] = tools
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
+            messages, tokenize=False, add_generation_prompt=True, **kwargs
         )
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
@@ -105,18 +168,61 @@ class Engine:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
 
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    def sampling_params(self, values: dict[str, Any], constraint: Any = None) -> Any:
+        """vLLM SamplingParams from plain values and an optional `constrain.Constraint`; a BadRequestError
+        (400) when vLLM refuses the combination."""
+        from vllm import SamplingParams
+
+        try:
+            if constraint is not None:
+                c = constraint
+                values = {**values, **compat.structured_outputs_kwargs(c.json, c.json_object, c.grammar)}
+            return SamplingParams(**values)
+        except (ValueError, *self._client_errors) as e:  # older releases raise a plain ValueError
+            raise BadRequestError(str(e).splitlines()[0] if str(e) else "invalid sampling values") from None
+
+    def tool_extractor(self, request_body: dict[str, Any]) -> Any:
+        """`text -> ToolExtraction` through vLLM's own deepseek_v3 parser (one parser per choice)."""
+        parser = self._tool_parser_cls(self.tokenizer)
+        vllm_request = compat.chat_request_cls().model_validate(request_body)
+
+        def extract(text: str) -> ToolExtraction:
+            found = parser.extract_tool_calls(text, vllm_request)
+            if not found.tools_called:
+                return ToolExtraction(content=text, calls=[])
+            calls = [
+                ToolCall(
+                    id=getattr(c, "id", None) or new_call_id(),
+                    name=c.function.name,
+                    arguments=c.function.arguments,
+                )
+                for c in found.tool_calls
+            ]
+            return ToolExtraction(content=found.content, calls=calls)
+
+        return extract
+
     # Generation ----------------------------------------------------------------------------------
 
     async def generate(self, request_id: str, prompt_ids: list[int], params: Any) -> AsyncIterator[Delta]:
         """Stream `Delta`s of every choice; closing or cancelling the iterator aborts the request."""
-        from vllm.inputs.engine import tokens_input
         from vllm.sampling_params import RequestOutputKind
 
         params.output_kind = RequestOutputKind.DELTA
-        async for out in self._llm.generate(tokens_input(prompt_ids), params, request_id):
-            for c in out.outputs:
-                lps = self._logprobs(c.token_ids, c.logprobs) if c.logprobs else []
-                yield Delta(c.index, c.text, len(c.token_ids), c.finish_reason, lps)
+        started = False
+        try:
+            async for out in self._llm.generate(compat.tokens_prompt(prompt_ids), params, request_id):
+                started = True
+                for c in out.outputs:
+                    lps = self._logprobs(c.token_ids, c.logprobs) if c.logprobs else []
+                    yield Delta(c.index, c.text, len(c.token_ids), c.finish_reason, lps)
+        except (ValueError, TypeError, OverflowError) as e:
+            if started or not self._legacy_errors or isinstance(e, self._client_errors):
+                raise
+            raise BadRequestError(str(e).splitlines()[0] if str(e) else "invalid request") from None
 
     def _logprobs(self, token_ids: Sequence[int], positions: Any) -> list[TokenLogprob]:
         if not positions:
@@ -137,15 +243,20 @@ class Engine:
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)
 
+    def is_client_error(self, exc: BaseException) -> bool:
+        """True when the engine refused the request's values (a 400, not a server fault)."""
+        return isinstance(exc, self._client_errors)
+
     # State ---------------------------------------------------------------------------------------
 
     @property
     def num_unfinished(self) -> int:
         """Requests the engine holds (running or waiting in its scheduler)."""
-        return int(self._llm.get_num_unfinished_requests())
+        return compat.num_unfinished(self._llm)
 
     @property
     def healthy(self) -> bool:
+        """False once the engine's processes died (vLLM's monitor notices within a fraction of a second)."""
         return not self._llm.errored
 
     def shutdown(self) -> None:

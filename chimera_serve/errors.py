@@ -74,7 +74,16 @@ class OverloadedError(ServeError):
 
 
 class UnavailableError(ServeError):
+    """The replica cannot serve now (loading, draining, engine gone): routers retry elsewhere."""
+
     status, type, code = 503, "service_unavailable", "draining"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s else {}
 
 
 class RequestTimeoutError(ServeError):
@@ -95,38 +104,45 @@ def to_serve_error(exc: BaseException) -> ServeError:
     """Map any exception to the tree; unknown ones become a generic 500 (logged, never echoed)."""
     if isinstance(exc, ServeError):
         return exc
-    from vllm.exceptions import VLLMClientError
+    from chimera_serve import vllm_compat
 
-    if isinstance(exc, VLLMClientError):  # the engine refused the request's values
+    if isinstance(exc, vllm_compat.client_error_types()):  # the engine refused the request's values
         return BadRequestError(str(exc).splitlines()[0] if str(exc) else "invalid request")
+    dead = vllm_compat.engine_dead_type()
+    if dead is not None and isinstance(exc, dead):
+        return UnavailableError("the engine stopped; retry on another replica", code="engine_dead")
     log.error("unexpected server error", exc_info=exc)
     return EngineError("internal server error")
 
 
 def _validation_error(exc: RequestValidationError) -> BadRequestError:
     first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":  # loc is ("body", <character offset>): not a parameter
+        where = first.get("loc", ("body", "?"))[-1]
+        reason = (first.get("ctx") or {}).get("error", "JSON decode error")
+        return BadRequestError(f"the request body is not valid JSON ({reason} at character {where})")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
-    msg = first.get("msg", "invalid request")
+    msg = first.get("msg", "invalid request").removeprefix("Value error, ")
     return BadRequestError(f"{param}: {msg}" if param else msg, param=param)
+
+
+def error_response(metrics: Any, path: str, err: ServeError) -> JSONResponse:
+    """The JSON error response; a request refused before admission is counted and logged here (admitted ones
+    were counted when they finished, and carry `counted`)."""
+    if metrics is not None and not getattr(err, "counted", False):
+        metrics.request_rejected(endpoint=path, status=err.status)
+        access_log.info(
+            json.dumps({"event": "rejected", "endpoint": path, "status": err.status, "error": err.type})
+        )
+    return JSONResponse(error_body(err), status_code=err.status, headers=err.headers())
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one handler for the tree, request validation, routing errors and crashes."""
 
     def respond(request: Request, err: ServeError) -> JSONResponse:
-        # Requests refused before admission are counted here; admitted ones were counted when they finished.
-        server = getattr(request.app.state, "server", None)
-        if server is not None and not getattr(err, "counted", False):
-            server.metrics.request_rejected(endpoint=request.url.path, status=err.status)
-            line = {
-                "event": "rejected",
-                "endpoint": request.url.path,
-                "status": err.status,
-                "error": err.type,
-            }
-            access_log.info(json.dumps(line))
-        return JSONResponse(error_body(err), status_code=err.status, headers=err.headers())
+        return error_response(getattr(request.app.state, "metrics", None), request.url.path, err)
 
     @app.exception_handler(ServeError)
     async def _serve(request: Request, exc: ServeError) -> JSONResponse:
@@ -141,7 +157,9 @@ def install_error_handlers(app: FastAPI) -> None:
         cls = {404: NotFoundError, 401: AuthenticationError}.get(exc.status_code, BadRequestError)
         err = cls(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
         err.status = exc.status_code
-        return respond(request, err)
+        response = respond(request, err)
+        response.headers.update(exc.headers or {})  # e.g. `Allow` on a 405
+        return response
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

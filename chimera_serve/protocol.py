@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Strict: JSON types as documented (an integer where a boolean belongs is a 400, not a guess).
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
 
 class JsonSchemaFormat(_Request):
@@ -50,13 +51,61 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class ReasoningOptions(_Request):
-    """OpenRouter's `reasoning` request object."""
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
-    effort: Literal["minimal", "low", "medium", "high"] | None = None
-    max_tokens: int | None = Field(None, ge=1)
+
+class ReasoningOptions(_Request):
+    """OpenRouter's `reasoning` request object (`effort: "none"` turns thinking off, like `enabled: false`)."""
+
+    effort: Effort | None = None
+    max_tokens: int | None = Field(None, ge=0)
     exclude: bool = False
     enabled: bool | None = None
+
+
+# Tools (OpenAI's function tools) ---------------------------------------------------------------------
+
+_TOOL_NAME = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+class FunctionDef(_Request):
+    name: str = Field(pattern=_TOOL_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(_Request):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class FunctionCallIn(_Request):
+    name: str
+    arguments: str  # a JSON string, as OpenAI clients send it back
+
+
+class ToolCallIn(_Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
+Stop = Annotated[str, Field(min_length=1)]
+TokenId = Annotated[str, Field(pattern=r"^[0-9]{1,9}$")]
+Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
 
 
 class SamplingFields(_Request):
@@ -68,7 +117,7 @@ class SamplingFields(_Request):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: Stop | Annotated[list[Stop], Field(max_length=16)] | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
     n: int = Field(1, ge=1, le=16)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -77,16 +126,10 @@ class SamplingFields(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
+    logit_bias: dict[TokenId, Bias] | None = None  # token id (as a string) -> bias
     # vLLM extensions, for benchmarks that need a fixed output length.
     ignore_eos: bool | None = None
     min_tokens: int | None = Field(None, ge=0)
-
-    @model_validator(mode="after")
-    def _stops(self) -> SamplingFields:
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        if len(stops) > 16 or any(not s for s in stops):
-            raise ValueError("stop takes up to 16 non-empty strings")
-        return self
 
     @property
     def stop_list(self) -> list[str]:
@@ -101,6 +144,16 @@ class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool results: which call this answers
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
     def text(self) -> str:
         """Content as text; list content keeps its `text` parts (the models are text-only)."""
@@ -122,12 +175,55 @@ class ChatCompletionRequest(SamplingFields):
     response_format: ResponseFormat | None = None
     include_reasoning: bool | None = None
     reasoning: ReasoningOptions | None = None
+    reasoning_effort: Effort | None = None  # OpenAI's top-level spelling of reasoning.effort
+    tools: list[ToolDef] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
-    def _logprobs(self) -> ChatCompletionRequest:
+    def _consistent(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
+            raise ValueError("tool_choice needs tools: give the functions the model may call")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            name = self.tool_choice.function.name
+            if name not in {t.function.name for t in self.tools or ()}:
+                raise ValueError(f"tool_choice names {name!r}, which is not among the tools")
+        names = [t.function.name for t in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("tools must have distinct function names")
+        if self.forced_tool_call and self.response_format is not None and self.response_format.type != "text":
+            raise ValueError("response_format cannot be combined with tool_choice required or a named tool")
         return self
+
+    @property
+    def effort(self) -> Effort | None:
+        return self.reasoning.effort if self.reasoning and self.reasoning.effort else self.reasoning_effort
+
+    @property
+    def thinking(self) -> bool | None:
+        """True: the client asked for reasoning; False: it asked for none; None: the model's default."""
+        if self.reasoning is not None and self.reasoning.enabled is not None:
+            return self.reasoning.enabled
+        effort = self.effort
+        if effort is not None:
+            return effort != "none"
+        if self.reasoning is not None and self.reasoning.max_tokens is not None:
+            return self.reasoning.max_tokens > 0
+        return None
+
+    @property
+    def tool_mode(self) -> Literal["off", "none", "auto", "required", "named"]:
+        """How tools are used: off (no tools), none (shown, never called), auto, required, named."""
+        if not self.tools:
+            return "off"
+        choice = self.tool_choice or "auto"
+        return "named" if isinstance(choice, NamedToolChoice) else choice
+
+    @property
+    def forced_tool_call(self) -> bool:
+        return self.tool_mode in ("required", "named")
 
     @property
     def token_limit(self) -> int | None:
@@ -139,13 +235,31 @@ class ChatCompletionRequest(SamplingFields):
         if self.include_reasoning is False:
             return False
         r = self.reasoning
-        return not (r is not None and (r.exclude or r.enabled is False))
+        return not (r is not None and r.exclude) and self.thinking is not False
 
     def template_messages(self) -> list[dict[str, Any]]:
-        return [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in self.messages
-        ]
+        """Messages as chat templates read them: developer -> system, tool calls and results kept."""
+        out = []
+        for m in self.messages:
+            # An assistant turn that only called tools keeps content None: DeepSeek's template tests for it.
+            content = None if m.role == "assistant" and m.content is None else m.text()
+            msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": content}
+            if m.tool_calls:
+                msg["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+            if m.tool_call_id is not None:
+                msg["tool_call_id"] = m.tool_call_id
+            if m.name is not None:
+                msg["name"] = m.name
+            out.append(msg)
+        return out
+
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
+
+    @property
+    def uses_tool_history(self) -> bool:
+        """The conversation holds earlier tool calls or results (the template must render them)."""
+        return any(m.tool_calls or m.role == "tool" for m in self.messages)
 
 
 class CompletionRequest(SamplingFields):
@@ -195,11 +309,23 @@ def make_usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int
     )
 
 
+class FunctionCallOut(_Response):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallOut(_Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None
     reasoning_content: str | None = None
     reasoning: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(_Response):
@@ -218,11 +344,19 @@ class ChatCompletion(_Response):
     usage: Usage
 
 
+class ToolCallDelta(_Response):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: dict[str, str] | None = None  # {"name": ..., "arguments": ...}, either may be absent
+
+
 class ChunkDelta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
     reasoning: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(_Response):
@@ -327,10 +461,3 @@ class ModelCard(_Response):
 class ModelList(_Response):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-SUPPORTED_SAMPLING = [
-    "temperature", "top_p", "top_k", "min_p", "stop", "seed", "presence_penalty", "frequency_penalty",
-    "repetition_penalty", "max_tokens", "logprobs", "top_logprobs", "response_format",
-]  # fmt: skip
-SUPPORTED_FEATURES = ["reasoning", "include_reasoning", "json_mode", "structured_outputs", "logprobs"]

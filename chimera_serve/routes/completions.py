@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from chimera_serve.auth import require_api_key
-from chimera_serve.engine import TokenLogprob
+from chimera_serve.engine import Engine, TokenLogprob
 from chimera_serve.errors import BadRequestError, error_body, to_serve_error
+from chimera_serve.openapi import route_responses
 from chimera_serve.protocol import (
     ChunkWriter,
     Completion,
@@ -25,10 +26,10 @@ from chimera_serve.protocol import (
     make_usage,
 )
 from chimera_serve.reasoning import ThinkSplitter, prompt_opens_think
-from chimera_serve.sampling import build_sampling
-from chimera_serve.serving import EventStream, RequestRecord, Server, collect_response
+from chimera_serve.sampling import Limits, sampling_values
+from chimera_serve.serving import EventStream, RequestRecord, Server, collect_response, request_chars
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 ENDPOINT = "/v1/completions"
 
 
@@ -42,39 +43,41 @@ def _logprobs(lps: list[TokenLogprob], top_n: int) -> dict[str, Any]:
 
 async def _deltas(
     srv: Server, rec: RequestRecord, prompt: str, ids: list[int], params: Any
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     splitters: dict[int, ThinkSplitter] = {}
     opened = prompt_opens_think(prompt)
     try:
-        async for d in srv.generate(rec, ids, params):
-            if d is not None:
-                sp = splitters.setdefault(d.index, ThinkSplitter(prompt_opened=opened))
-                sp.feed(d.text, d.num_tokens)
-                if d.finish_reason is not None:
-                    sp.finish()
-                    if d.index == 0:
-                        rec.finish_reason = d.finish_reason
-            yield d
+        async with aclosing(srv.generate(rec, ids, params)) as stream:
+            async for d in stream:
+                if d is not None:
+                    sp = splitters.setdefault(d.index, ThinkSplitter(prompt_opened=opened))
+                    sp.feed(d.text, d.num_tokens)
+                    if d.finish_reason is not None:
+                        sp.finish()
+                        if d.index == 0:
+                            rec.finish_reason = d.finish_reason
+                yield d
     finally:
         rec.reasoning_tokens = sum(s.reasoning_tokens for s in splitters.values())
         rec.outcome = splitters[0].outcome if 0 in splitters else None
 
 
 async def _stream(
-    srv: Server, rec: RequestRecord, req: CompletionRequest, deltas: AsyncIterator[Any]
-) -> AsyncIterator[bytes | str]:
+    srv: Server, rec: RequestRecord, req: CompletionRequest, deltas: AsyncGenerator[Any, None]
+) -> AsyncGenerator[bytes | str, None]:
     out = ChunkWriter("text_completion", rec.request_id, rec.model)
     try:
-        async for d in deltas:
-            if d is None:
-                yield ": PROCESSING\n\n"
-                continue
-            choice: StreamChoice = {"index": d.index, "text": d.text}  # a CompletionChoice, None left out
-            if d.finish_reason is not None:
-                choice["finish_reason"] = d.finish_reason
-            if req.logprobs is not None:
-                choice["logprobs"] = _logprobs(d.logprobs, req.logprobs)
-            yield b"data: " + out.choice(choice) + b"\n\n"
+        async with aclosing(deltas):
+            async for d in deltas:
+                if d is None:
+                    yield ": PROCESSING\n\n"
+                    continue
+                choice: StreamChoice = {"index": d.index, "text": d.text}  # a CompletionChoice, None left out
+                if d.finish_reason is not None:
+                    choice["finish_reason"] = d.finish_reason
+                if req.logprobs is not None:
+                    choice["logprobs"] = _logprobs(d.logprobs, req.logprobs)
+                yield b"data: " + out.choice(choice) + b"\n\n"
         if req.include_usage:
             usage = make_usage(rec.prompt_tokens, rec.completion_tokens, rec.reasoning_tokens)
             yield b"data: " + out.usage(usage) + b"\n\n"
@@ -112,25 +115,34 @@ async def _collect(rec: RequestRecord, req: CompletionRequest, deltas: AsyncIter
     return Completion(id=rec.request_id, model=rec.model, choices=choices, usage=usage)
 
 
-@router.post(ENDPOINT, response_model=None)
-async def completions(req: CompletionRequest, request: Request) -> Response | Completion:
-    srv: Server = request.app.state.server
-    srv.check_model(req.model)
+def _prepare(
+    engine: Engine, req: CompletionRequest, max_output_length: int | None
+) -> tuple[str, list[int], dict]:
+    """Prompt text, token ids and sampling values (a long prompt's in a worker thread: tokenizing blocks)."""
     if isinstance(req.prompt, str):
-        prompt, ids = req.prompt, srv.engine.encode(req.prompt, add_special_tokens=True)
+        prompt, ids = req.prompt, engine.encode(req.prompt, add_special_tokens=True)
     else:
-        vocab = len(srv.engine.tokenizer)
+        vocab = engine.vocab_size()
         if any(not 0 <= t < vocab for t in req.prompt):
             raise BadRequestError(f"prompt token ids must lie in [0, {vocab})", param="prompt")
-        prompt, ids = srv.engine.decode(req.prompt), list(req.prompt)
+        prompt, ids = engine.decode(req.prompt), list(req.prompt)
+    limits = Limits(engine.limits.max_model_len, engine.defaults.get("max_tokens"), max_output_length)
+    values = sampling_values(
+        req, prompt_tokens=len(ids), limits=limits, defaults=engine.defaults, vocab_size=engine.vocab_size()
+    )
+    return prompt, ids, values
+
+
+@router.post(ENDPOINT, response_model=None, responses=route_responses(Completion, stream=True))
+async def completions(req: CompletionRequest, request: Request) -> Response | Completion:
+    srv = request.app.state.host.require_server()
+    srv.check_model(req.model)
     if req.echo:
         raise BadRequestError("echo is not supported", param="echo")
-    params = build_sampling(
-        req,
-        prompt_tokens=len(ids),
-        max_model_len=srv.engine.limits.max_model_len,
-        defaults=srv.engine.defaults,
+    prompt, ids, values = await srv.prepare(
+        await request_chars(request), _prepare, srv.engine, req, srv.settings.max_output_length
     )
+    params = srv.engine.sampling_params(values)
     rec = RequestRecord(
         ENDPOINT, srv.settings.model_name, len(ids), prompt=prompt if srv.settings.log_prompts else None
     )

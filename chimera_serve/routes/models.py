@@ -1,21 +1,40 @@
-"""GET /v1/models: the served model, described the way routers (OpenRouter's provider contract) read it."""
+"""GET /v1/models: the served model, described the way routers (OpenRouter's provider contract) read it.
+
+Features and sampling parameters are listed only when this engine and model support them: `tools` needs the
+DeepSeek tool-call format in the model's tokenizer and template and vLLM's deepseek_v3 parser.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
-from chimera_serve.auth import require_api_key
-from chimera_serve.protocol import SUPPORTED_FEATURES, SUPPORTED_SAMPLING, ModelCard, ModelList, ModelPricing
-from chimera_serve.serving import Server
+from chimera_serve.engine import EngineFeatures
+from chimera_serve.openapi import route_responses
+from chimera_serve.protocol import ModelCard, ModelList, ModelPricing
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
+
+SAMPLING = [
+    "temperature", "top_p", "top_k", "min_p", "stop", "seed", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "logit_bias", "max_tokens", "logprobs", "top_logprobs", "response_format",
+    "structured_outputs", "reasoning", "include_reasoning",
+]  # fmt: skip
+FEATURES = ["reasoning", "include_reasoning", "json_mode", "structured_outputs", "logprobs"]
 
 
-@router.get("/v1/models")
+def advertised(features: EngineFeatures) -> tuple[list[str], list[str]]:
+    """(supported_sampling_parameters, supported_features) for this engine and model."""
+    if features.tools:
+        return [*SAMPLING, "tools", "tool_choice", "parallel_tool_calls"], [*FEATURES, "tools"]
+    return list(SAMPLING), list(FEATURES)
+
+
+@router.get("/v1/models", responses=route_responses(None, listing=True))
 async def list_models(request: Request) -> ModelList:
-    srv: Server = request.app.state.server
+    srv = request.app.state.host.require_server()
     s = srv.settings
     ctx = srv.engine.limits.max_model_len
+    sampling, features = advertised(srv.engine.features)
     card = ModelCard(
         id=s.model_name,
         created=request.app.state.started_at,
@@ -26,7 +45,7 @@ async def list_models(request: Request) -> ModelList:
         max_output_length=min(s.max_output_length or ctx, ctx),
         max_model_len=ctx,
         pricing=ModelPricing(prompt=s.pricing.prompt, completion=s.pricing.completion),
-        supported_sampling_parameters=SUPPORTED_SAMPLING,
-        supported_features=SUPPORTED_FEATURES,
+        supported_sampling_parameters=sampling,
+        supported_features=features,
     )
     return ModelList(data=[card])

@@ -2,7 +2,7 @@
 
 The model: the demo child, built here by the merge stage from merge/recipes/mini-chimera.yaml (the lab's
 mini-v3 + mini-r1), or CHIMERA_TEST_MODEL. The tests of a template that opens `<think>` in the prompt run on a
-tiny random model with an R1-style template (tests/serve/tiny_model.py, test_serve_zzz_template.py); the lab's
+tiny random model with DeepSeek-V3.1's template (tests/serve/tiny_model.py, test_serve_zzz_template.py); the lab's
 mini-r1 / mini-v3 get their own servers in test_serve_zzz_lab.py. The server
 runs with small limits so the 429, keepalive and disconnect paths are reachable quickly; the context is
 the model's own up to 1024 tokens.
@@ -33,7 +33,9 @@ MAX_MODEL_LEN = 1024  # or the model's max_position_embeddings if smaller
 LAB = REPO / "merge/lab/models"
 DEMO_RECIPE = REPO / "merge/recipes/mini-chimera.yaml"
 MAX_BODY_BYTES = 64 * 1024
-START_TIMEOUT_S = 300
+START_TIMEOUT_S = 900  # an idle 2-core machine needs ~1 min; a loaded one many times that
+DRAIN_GRACE_S = 8
+MAX_OUTPUT_MARGIN = 60  # the advertised max_output_length is the context less this (below long_request's ask)
 
 
 def free_port() -> int:
@@ -59,12 +61,13 @@ class RunningServer:
     model: str
     proc: subprocess.Popen[bytes]
     log_path: Path
-    tiny: bool  # tests/serve/tiny_model.py: its template opens <think> and honours thinking=False
+    tiny: bool  # tests/serve/tiny_model.py: DeepSeek-V3.1's template, thinking off unless thinking=True
     max_model_len: int
+    model_dir: Path
 
     def client(self, **kw: object) -> httpx.Client:
         return httpx.Client(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60, **kw
+            base_url=self.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=180, **kw
         )
 
     def log(self) -> str:
@@ -76,8 +79,14 @@ def serve_command(model: Path, port: int, *extra: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_server(model: Path, log_dir: Path, *extra: str, tiny: bool = False) -> Iterator[RunningServer]:
-    """A `chimera-serve` subprocess on a free port, ready to serve; SIGTERM (then kill) on exit."""
+def running_server(
+    model: Path, log_dir: Path, *extra: str, tiny: bool = False, env: dict[str, str | None] | None = None
+) -> Iterator[RunningServer]:
+    """A `chimera-serve` subprocess on a free port, ready to serve; SIGTERM (then kill) on exit.
+
+    While the model loads, the port must already answer: /ready 503 "loading" and /health 200 "loading", at once.
+    `env` adds variables (None removes one); by default the KV cache is 1 GiB, enough for these models.
+    """
     port = free_port()
     log_path = log_dir / "server.log"
     positions = json.loads((model / "config.json").read_text()).get("max_position_embeddings", MAX_MODEL_LEN)
@@ -86,26 +95,41 @@ def running_server(model: Path, log_dir: Path, *extra: str, tiny: bool = False) 
         model, port,
         "--served-model-name", "chimera-test", "--api-key", API_KEY, "--max-model-len", str(max_model_len),
         "--enforce-eager", "--max-num-seqs", str(MAX_NUM_SEQS), "--max-queued", str(MAX_QUEUED),
-        "--max-body-bytes", str(MAX_BODY_BYTES), "--keepalive-interval-s", "0.2", "--drain-grace-s", "60",
-        "--price-prompt", "0.0000005", "--price-completion", "0.000002", "--hugging-face-id", "chimera/test", *extra,
+        "--max-body-bytes", str(MAX_BODY_BYTES), "--keepalive-interval-s", "0.2", "--drain-grace-s", str(DRAIN_GRACE_S),
+        "--price-prompt", "0.0000005", "--price-completion", "0.000002", "--hugging-face-id", "chimera/test",
+        "--max-output-length", str(max_model_len - MAX_OUTPUT_MARGIN), *extra,
     )  # fmt: skip
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONWARNINGS": "ignore"}
+    full_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONWARNINGS": "ignore"}
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
-    srv = RunningServer(f"http://127.0.0.1:{port}", "chimera-test", proc, log_path, tiny, max_model_len)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    srv = RunningServer(
+        f"http://127.0.0.1:{port}", "chimera-test", proc, log_path, tiny, max_model_len, model
+    )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        started = time.monotonic()
+        seen_loading = False
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"chimera-serve exited with {proc.returncode}:\n{srv.log()[-3000:]}")
             try:
-                if httpx.get(f"{srv.base_url}/ready", timeout=2).status_code == 200:
+                ready = httpx.get(f"{srv.base_url}/ready", timeout=10)
+                if ready.status_code == 200:
                     break
+                assert ready.status_code == 503 and ready.json()["reason"] == "loading", ready.text
+                health = httpx.get(f"{srv.base_url}/health", timeout=10)  # "ok" if the load ended in between
+                assert health.status_code == 200 and health.json()["status"] in ("loading", "ok"), health.text
+                seen_loading = True
             except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
+                pass  # the interpreter and vLLM's import, before the port is bound
+            if time.monotonic() - started > START_TIMEOUT_S:
                 pytest.fail(f"chimera-serve not ready after {START_TIMEOUT_S} s:\n{srv.log()[-3000:]}")
-            time.sleep(1)
+            time.sleep(0.5)
+        assert seen_loading, "the server was never seen loading: /ready must answer while the model loads"
         yield srv
     finally:
         if proc.poll() is None:

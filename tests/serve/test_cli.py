@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, serve_command
+from conftest import REPO, free_port, serve_command
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
@@ -126,3 +126,29 @@ def test_broken_fp8_child_refused_before_engine(tmp_path: Path) -> None:
         _run([sys.executable, "-m", "chimera_serve.cli", "--model", str(ckpt), "--port", "1"])
     )
     assert "kv_a_proj_with_mqa" in line and "not servable" in line
+
+
+def test_one_price_alone_is_refused_and_a_flag_overrides_only_its_own(model: Path, tmp_path: Path) -> None:
+    line = _one_line_error(_run(serve_command(model, 1, "--price-prompt", "0.0000005")))
+    assert "--price-completion" in line and "free" in line
+    yaml = tmp_path / "serve.yaml"
+    yaml.write_text("pricing: {prompt: '0.000001', completion: '0.000004'}\n")
+    from chimera_serve.cli import _settings, build_parser
+
+    s = _settings(
+        build_parser().parse_args(["--model", str(model), "--config", str(yaml), "--price-prompt", "2e-6"])
+    )
+    assert (s.pricing.prompt, s.pricing.completion) == ("0.000002", "0.000004")
+
+
+LAB_MODEL = REPO / "merge/lab/models/mini-r1"  # a real checkpoint: these checks come after `verify`
+
+
+def test_engine_argument_this_vllm_refuses_is_one_line() -> None:
+    line = _one_line_error(_run(serve_command(LAB_MODEL, free_port(), "--kv-cache-dtype", "fp9")))
+    assert "kv_cache_dtype" in line and "fp8" in line  # names the values this release accepts
+
+
+def test_too_many_cpu_ranks_is_one_line() -> None:
+    line = _one_line_error(_run(serve_command(LAB_MODEL, free_port(), "--tensor-parallel-size", "64")))
+    assert "CPU cores" in line and "--tensor-parallel-size" in line

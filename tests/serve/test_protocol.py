@@ -7,6 +7,8 @@ import random
 
 import pytest
 
+from chimera_serve.chat_events import Piece as _Piece
+from chimera_serve.chat_events import delta_choice as _delta_choice
 from chimera_serve.protocol import (
     ChatCompletionChunk,
     ChoiceLogprobs,
@@ -17,7 +19,6 @@ from chimera_serve.protocol import (
     logprobs_content,
     make_usage,
 )
-from chimera_serve.routes.chat import _delta_choice, _Piece
 
 # Characters JSON encoders disagree on most: controls, quotes, backslash, non-ASCII, line separators, astral.
 ALPHABET = (

@@ -23,7 +23,7 @@ def long_request(server: RunningServer) -> dict:
 
 @pytest.fixture(scope="module")
 def oai(server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=180)
 
 
 def scrape(server: RunningServer) -> dict[str, float]:
@@ -84,7 +84,10 @@ def test_chat_applies_generation_config_default(server: RunningServer, oai: open
 
 
 def test_chat_non_streaming_fields(server: RunningServer, oai: openai.OpenAI) -> None:
-    r = oai.chat.completions.create(model=server.model, messages=MSG, max_tokens=12, temperature=0)
+    think = {"reasoning": {"enabled": True}}  # the tiny model's template (V3.1's) then opens <think>
+    r = oai.chat.completions.create(
+        model=server.model, messages=MSG, max_tokens=12, temperature=0, extra_body=think
+    )
     msg = r.choices[0].message.model_dump()
     u = r.usage
     assert u.total_tokens == u.prompt_tokens + u.completion_tokens and 1 <= u.completion_tokens <= 12
@@ -136,17 +139,41 @@ def test_reasoning_budget_caps_the_think_block(server: RunningServer, oai: opena
     assert r.choices[0].message.model_dump()["reasoning"] is not None
 
 
-def test_thinking_disabled_is_all_content(server: RunningServer, oai: openai.OpenAI) -> None:
-    """`reasoning.enabled: false` renders the template without <think>: a model that does not reason -> content."""
-    if not server.tiny:
-        pytest.skip("needs a template that honours thinking=False")
-    r = oai.chat.completions.create(
-        model=server.model, messages=MSG, max_tokens=8, temperature=0,
-        extra_body={"reasoning": {"enabled": False}, "ignore_eos": True},
-    )  # fmt: skip
+@pytest.mark.parametrize(
+    "off",
+    [{"reasoning": {"enabled": False}}, {"reasoning": {"effort": "none"}}, {"reasoning_effort": "none"}],
+)
+def test_thinking_disabled_is_all_content(server: RunningServer, oai: openai.OpenAI, off: dict) -> None:
+    """Thinking off: the tiny model's template closes the block; the demo child's template ignores the flag and
+    its model opens <think> itself, so the token is banned. Either way no section, not a hidden full-length one."""
+    kw = {"model": server.model, "messages": MSG, "temperature": 0, "max_tokens": 24}
+    free = oai.chat.completions.create(**kw, extra_body={"reasoning": {"enabled": True}})
+    r = oai.chat.completions.create(**kw, extra_body=off)
     assert r.usage.completion_tokens_details.reasoning_tokens == 0
     assert r.choices[0].message.model_dump().get("reasoning_content") is None
-    assert r.usage.completion_tokens == 8
+    assert "think>" not in r.choices[0].message.content
+    if not server.tiny:  # the demo child always reasons when free to
+        assert free.usage.completion_tokens_details.reasoning_tokens > 0
+
+
+def test_thinking_enabled_opens_a_template_that_defaults_off(
+    server: RunningServer, oai: openai.OpenAI
+) -> None:
+    """`enabled: true` / an effort reach the template as thinking=True (V3.1's template defaults to no thinking)."""
+    if not server.tiny:
+        pytest.skip("needs a template that defaults thinking off")
+    kw = {
+        "model": server.model,
+        "messages": MSG,
+        "temperature": 0,
+        "max_tokens": 8,
+        "extra_body": {"ignore_eos": True},
+    }
+    default = oai.chat.completions.create(**kw)
+    assert default.usage.completion_tokens_details.reasoning_tokens == 0
+    for on in ({"enabled": True}, {"effort": "xhigh"}):
+        r = oai.chat.completions.create(**{**kw, "extra_body": {"ignore_eos": True, "reasoning": on}})
+        assert r.usage.completion_tokens_details.reasoning_tokens > 0  # the prompt opened <think>
 
 
 def test_json_object_response_format(server: RunningServer, oai: openai.OpenAI) -> None:
@@ -203,8 +230,10 @@ def test_metrics_move_by_what_responses_said(server: RunningServer, oai: openai.
     wait_idle(server)
     before = scrape(server)
     usages, with_reasoning, without = [], 0, 0
-    # On the tiny model, `enabled: false` renders the template without <think>: a response with no section.
-    for i, extra in enumerate([{}, {"reasoning": {"enabled": False}}, {}]):
+    # On the tiny model, `enabled: true` opens <think> in the prompt and `enabled: false` closes it; on the demo
+    # child the model decides with thinking on and never opens a section with thinking off.
+    on, off = {"reasoning": {"enabled": True}}, {"reasoning": {"enabled": False}}
+    for i, extra in enumerate([on, off, on]):
         kw = {"model": server.model, "messages": MSG, "max_tokens": 12 + i, "extra_body": extra}
         if i == 2:
             chunks = list(
@@ -335,7 +364,7 @@ def test_bounded_queue_429_and_keepalive(server: RunningServer) -> None:
 
     async def run() -> tuple[list[str], httpx.Response]:
         async with httpx.AsyncClient(
-            base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60
+            base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=180
         ) as c:
             firsts: list[str] = []
 

