@@ -32,6 +32,7 @@ from merge.recipe import Recipe, is_repo_id
 from merge.sidefiles import download_patterns, side_files, write_side_files
 from merge.sources import Source, cached_snapshot, file_fingerprint, hub_headers, resolve, resolve_commit
 from merge.state import FORMAT, BuildDir, check_free_space
+from merge.verify import verify_child
 from merge.writer import ShardWriter, shard_name, write_atomic, write_index, write_json_atomic
 
 
@@ -217,7 +218,7 @@ def build_child(recipe: Recipe, out_dir: Path, *, resume: bool = False, workers:
                                   {n: sums[n] for n in names}, extra, total)  # fmt: skip
         write_atomic(out_dir / "README.md", model_card(manifest).encode())
         if verify != "none":
-            _verify(out_dir, plan.base_config, headers_only=verify == "headers")
+            verify_child(out_dir, headers_only=verify == "headers")
         bdir.finish(manifest)
         return manifest
     except (OutputError, KeyboardInterrupt):
@@ -245,16 +246,6 @@ def _discarded(bdir: BuildDir, ours: list[str], e: MergeError) -> MergeError:
         f"{e} (the {kept} finished shard(s) in {bdir.root} are kept: fix the cause, then rerun with --resume, "
         "or delete the directory)"
     )
-
-
-def _verify(out_dir: Path, config: dict[str, Any], *, headers_only: bool) -> None:
-    """`chimera-merge verify` on the child (DeepSeek-V2/V3 configs); other architectures get the index check."""
-    from merge.verify import ARCHITECTURES, verify_checkpoint
-
-    if set(config.get("architectures") or []) & ARCHITECTURES:
-        verify_checkpoint(out_dir, headers_only=headers_only)
-    else:
-        Checkpoint.open(out_dir).close()
 
 
 __all__ = ["INDEX_NAME", "Engine", "Readers", "build_child", "check_device", "plan_recipe", "resolve_sources"]

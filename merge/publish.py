@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from merge.checkpoint import Checkpoint
-from merge.errors import PublishError, VerifyError
+from merge.errors import CheckpointError, PublishError
 from merge.state import FORMAT, MANIFEST_NAME, STATE_NAME, file_sha256
+from merge.verify import verify_child
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
@@ -57,14 +57,8 @@ def check_build(root: Path, *, checksums: bool = False, workers: int = 1) -> dic
                 f"{root / bad[0]}: sha256 differs from {MANIFEST_NAME}; the shard is damaged, rebuild it"
             )
     try:
-        config = json.loads((root / "config.json").read_text())
-        from merge.verify import ARCHITECTURES, verify_checkpoint
-
-        if set(config.get("architectures") or []) & ARCHITECTURES:
-            verify_checkpoint(root, headers_only=True)
-        else:
-            Checkpoint.open(root).close()
-    except VerifyError as e:
+        verify_child(root, headers_only=True)
+    except CheckpointError as e:  # VerifyError included
         raise PublishError(f"{root}: fails verify ({e}); rebuild the child") from None
     return manifest
 

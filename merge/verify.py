@@ -388,3 +388,13 @@ def verify_checkpoint(path: Path, *, headers_only: bool = False, progress: bool 
     ckpt.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def verify_child(path: Path, *, headers_only: bool) -> None:
+    """What a build checks before it is complete (and `publish` before uploading): `verify_checkpoint` for
+    DeepSeek-V2/V3 configs; other architectures (merged through `pattern:` rules) get the index and header check."""
+    ckpt = Checkpoint.open(path)
+    deepseek = set(ckpt.config().get("architectures") or []) & ARCHITECTURES
+    ckpt.close()
+    if deepseek:
+        verify_checkpoint(path, headers_only=headers_only)
