@@ -130,14 +130,15 @@ def test_tiny_blocks_get_a_normal_scale_and_no_nan() -> None:
     """A block whose amax / 448 underflows (float32 subnormals, e.g. 1e-44) used to get scale 0 and NaN bytes; one
     just above it a subnormal scale that overflows the e4m3 range. Every quantizer now gives the same bits."""
     x = torch.randn(256, 384, generator=torch.Generator().manual_seed(11))
-    x[:128, :128] = 1e-44  # amax / 448 == 0 in float32
+    x[:128, :128] = 1e-44  # amax / 448 == 0 in float32: a 0 scale, and 0 / 0 = NaN bytes for its zeros
+    x[:64, :128] = 0.0
     x[:128, 128:256] *= 1e-39  # subnormal amax
     x[128:, 256:] = 0.0  # an all-zero block keeps scale 1.0
     x[128:, :128] *= 1e-37  # normal amax, subnormal amax / 448
     results = _three_quantizers(x)
     for q, s in results:
-        assert bool((s >= fp8.MIN_SCALE).all()) and float(s[1, 2]) == 1.0
         assert mix.is_finite(q) and mix.is_finite(s)
+        assert bool((s >= fp8.MIN_SCALE).all()) and float(s[1, 2]) == 1.0
         # tiny values round to 0 or to a nearby e4m3 step, never to NaN: the usual bound holds in every block
         err = (dequant64(q, s) - x.double()).abs()
         assert bool((err <= fp8_bound(x.double(), s)).all())
