@@ -83,7 +83,7 @@ def build(
     from merge.recipe import load_recipe
 
     if verify not in ("full", "headers", "none"):
-        raise click.BadParameter(f"{verify!r}; use full, headers or none", param_hint="--verify")
+        raise typer.BadParameter(f"{verify!r}; use full, headers or none", param_hint="--verify")
     r = load_recipe(recipe)  # before importing torch: recipe errors come back fast
     from merge.execute import build_child, plan_recipe
 
@@ -179,6 +179,16 @@ def _one_line(msg: object) -> str:
     return " ".join(str(msg).split())
 
 
+# typer >= 0.29 parses with a click of its own (typer._click): its usage errors are not click's classes.
+USAGE_ERRORS: tuple[type[Exception], ...] = (click.ClickException,)
+try:
+    from typer._click import ClickException as _TyperClickException
+
+    USAGE_ERRORS += (_TyperClickException,)
+except ImportError:  # older typer: click's own classes
+    pass
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     try:
@@ -186,10 +196,10 @@ def main() -> None:
     except MergeError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except USAGE_ERRORS as e:
         e.show()
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         print("error: interrupted; rerun with --resume to continue a build", file=sys.stderr)
         sys.exit(130)
     except OSError as e:

@@ -157,3 +157,15 @@ def test_bf16_weight_with_a_scale_is_refused(parents: dict[str, Path], tmp_path:
     save_file(tensors, str(x / "model.safetensors"), metadata={"format": "pt"})
     assert_one_line_error(build(tmp_path, parents, x), "parent 'x'", EXPERT, "BF16", "weight_scale_inv")
     assert nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["build", "r.yaml", "--out", "o", "--bogus"], "No such option: --bogus"),
+     (["build", "r.yaml", "--out", "o", "--verify", "bad"], "Invalid value for --verify")],
+)  # fmt: skip
+def test_usage_errors_are_usage_messages_not_tracebacks(args: list[str], needle: str) -> None:
+    """typer 0.29 parses with a click of its own: its usage errors must still reach the user as usage errors."""
+    p = run_cli(*args)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert needle in p.stderr and "build [OPTIONS]" in p.stderr
