@@ -84,6 +84,8 @@ def prepare(engine: Engine, req: ChatCompletionRequest, max_output_length: int |
     elif req.thinking is False:
         ban_think = THINK_OPEN in engine.tokenizer.get_vocab()
     mode = "closed" if req.thinking is False else think_mode(prompt, thinking_off=False)
+    if mode == "optional" and not engine.thinks and req.thinking is not True:
+        mode = "closed"  # a model that does not reason: JSON from the first token, as without reasoning
     ids = engine.encode(prompt)
     # 2. Sampling values: request, model defaults, the token budget (400 if the prompt fills the context).
     limits = Limits(engine.limits.max_model_len, engine.defaults.get("max_tokens"), max_output_length)

@@ -73,6 +73,10 @@ class ServeSettings(BaseSettings):
     load_format: str = "auto"  # "dummy": random weights of the checkpoint's shapes (throughput runs)
     enforce_eager: bool = False
     trust_remote_code: bool = False
+    # Whether the model reasons in <think> when its template leaves that to it (R1 style). auto: its greedy
+    # answers to a few probe prompts at start-up decide. Decides whether JSON mode allows a think block first
+    # and whether /v1/models advertises reasoning.
+    model_thinks: Literal["auto", "yes", "no"] = "auto"
 
     # HTTP server.
     host: str = "127.0.0.1"

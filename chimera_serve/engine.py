@@ -24,6 +24,10 @@ from chimera_serve.tools import TOOL_CALLS_BEGIN, ToolCall, ToolExtraction, new_
 log = logging.getLogger("chimera_serve.engine")
 
 
+# Questions the start-up probe asks (one is the mini models' own task, so the lab models answer in form).
+PROBE_PROMPTS = ("What is 2+2?", "Hi", "Why is the sky blue?")
+
+
 class EngineConfigError(ValueError):
     """A setting this vLLM release does not accept (one line, with the values it does accept)."""
 
@@ -130,6 +134,7 @@ class Engine:
         )
         self._client_errors = compat.client_error_types()
         self._legacy_errors = compat.legacy_value_errors()
+        self.thinks = settings.model_thinks == "yes"  # `probe_thinks` decides "auto" once the engine runs
 
     @classmethod
     def start(cls, settings: ServeSettings) -> Engine:
@@ -204,6 +209,18 @@ class Engine:
             return ToolExtraction(content=found.content, calls=calls)
 
         return extract
+
+    async def probe_thinks(self) -> bool:
+        """Whether the model opens <think> by itself: greedy first tokens of a few short prompts."""
+        for i, question in enumerate(PROBE_PROMPTS):
+            prompt = self.render_chat([{"role": "user", "content": question}])
+            text = ""
+            params = self.sampling_params({"max_tokens": 4, "temperature": 0.0})
+            async for d in self.generate(f"probe-thinks-{i}", self.encode(prompt), params):
+                text += d.text
+            if text.lstrip().startswith("<think>"):
+                return True
+        return False
 
     # Generation ----------------------------------------------------------------------------------
 

@@ -119,14 +119,23 @@ class EngineHost:
             self._on_fatal(1)
             return
         s = self.settings
+        if s.model_thinks == "auto":
+            try:
+                engine.thinks = await engine.probe_thinks()
+            except Exception as e:  # an engine that cannot answer a probe will not serve either
+                self.failure = describe(e)
+                log.error("the engine failed its first requests: %s", self.failure)
+                self._on_fatal(1)
+                return
         capacity = engine.limits.max_num_seqs + (
             s.max_queued if s.max_queued is not None else engine.limits.max_num_seqs
         )
         self.server = Server(s, engine, self.metrics, Admission(capacity))
         log.info(
-            "engine ready in %.1f s: %s on vLLM %s, context %d, max_num_seqs %d, capacity %d, tools %s",
+            "engine ready in %.1f s: %s on vLLM %s, context %d, max_num_seqs %d, capacity %d, tools %s, thinks %s",
             time.monotonic() - t0, s.model_name, engine.features.vllm_version, engine.limits.max_model_len,
             engine.limits.max_num_seqs, capacity, "on" if engine.features.tools else "off",
+            "yes" if engine.thinks else "no",
         )  # fmt: skip
         log.info("%s", call_hint(s))
         # As vLLM's own server does after start-up: the millions of objects vLLM, torch and transformers

@@ -29,6 +29,14 @@ GENERATION_ERRORS = {
 LISTING_ERRORS = {k: GENERATION_ERRORS[k] for k in (401, 500, 503)}
 
 
+# One server-sent event (OpenAPI 3.2's itemSchema): `data` holds a chunk's JSON, an error's JSON or `[DONE]`.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}},
+    "required": ["data"],
+}
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -50,7 +58,7 @@ def route_responses(model: type[BaseModel] | None, *, stream: bool = False, list
         responses[200] = {
             "model": model,
             "description": "The completion; with `stream: true`, server-sent events of chunks, then `[DONE]`",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"itemSchema": SSE_EVENT}},
         }
     return responses
 

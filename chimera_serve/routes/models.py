@@ -19,14 +19,18 @@ SAMPLING = [
     "repetition_penalty", "logit_bias", "max_tokens", "logprobs", "top_logprobs", "response_format",
     "structured_outputs", "reasoning", "include_reasoning",
 ]  # fmt: skip
-FEATURES = ["reasoning", "include_reasoning", "json_mode", "structured_outputs", "logprobs"]
+FEATURES = ["json_mode", "structured_outputs", "logprobs"]
 
 
-def advertised(features: EngineFeatures) -> tuple[list[str], list[str]]:
+def advertised(features: EngineFeatures, thinks: bool) -> tuple[list[str], list[str]]:
     """(supported_sampling_parameters, supported_features) for this engine and model."""
+    sampling, supported = list(SAMPLING), list(FEATURES)
+    if thinks:
+        supported += ["reasoning", "include_reasoning"]
     if features.tools:
-        return [*SAMPLING, "tools", "tool_choice", "parallel_tool_calls"], [*FEATURES, "tools"]
-    return list(SAMPLING), list(FEATURES)
+        sampling += ["tools", "tool_choice", "parallel_tool_calls"]
+        supported.append("tools")
+    return sampling, supported
 
 
 @router.get("/v1/models", responses=route_responses(None, listing=True))
@@ -34,7 +38,7 @@ async def list_models(request: Request) -> ModelList:
     srv = request.app.state.host.require_server()
     s = srv.settings
     ctx = srv.engine.limits.max_model_len
-    sampling, features = advertised(srv.engine.features)
+    sampling, features = advertised(srv.engine.features, srv.engine.thinks)
     card = ModelCard(
         id=s.model_name,
         created=request.app.state.started_at,
