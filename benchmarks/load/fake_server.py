@@ -2,7 +2,7 @@
 the tests that need no model.
 
     python -m benchmarks.load.fake_server [--port 0] [--itl-ms 20] [--reasoning 0] [--api-key K]
-                                          [--keepalive] [--die-after N] [--cpu C]
+                                          [--keepalive] [--die-after N] [--miscount N] [--cpu C]
 
 Every streaming chat completion gets `max_tokens` tokens (as if `ignore_eos`): first `--reasoning` of them as
 `reasoning_content` deltas, then answer `content`, then a usage chunk (with `reasoning_tokens`) and `[DONE]`.
@@ -10,7 +10,8 @@ One global ticker emits one token for every open stream each `--itl-ms`, as an e
 every running sequence (`--itl-ms 0`: the whole answer at once). Chunks carry the fields chimera-serve's do, so
 they are as long. `--keepalive` adds SSE comment lines (`: keep-alive`) before the first token and between
 tokens; `--die-after N` kills the process abruptly once N chat requests have arrived (a crash mid-run);
-`--api-key` answers 401 to any other key. GET /v1/models, /metrics (chimera_* token counters), /health.
+`--api-key` answers 401 to any other key; `--miscount N` makes /metrics over-count N completion tokens per
+response (a server whose counters lie, for the cross-check's test). GET /v1/models, /metrics (chimera_* token counters), /health.
 
 Raw asyncio, no web framework: one core streams several times what the benchmark needs. Prints
 `listening on PORT` once bound.
@@ -99,7 +100,11 @@ class FakeServer:
                        "model": MODEL, "choices": [], "usage": usage})  # fmt: skip
         done = b"data: [DONE]\n\n"
         t.write(out + tail + f"{len(done):x}\r\n".encode() + done + b"\r\n" + END)
-        for k, v in (("prompt", s.prompt), ("completion", s.total), ("reasoning", s.reasoning)):
+        for k, v in (
+            ("prompt", s.prompt),
+            ("completion", s.total + self.a.miscount),
+            ("reasoning", s.reasoning),
+        ):
             self.counts[k] += v
         s.proto.busy = False
         if s.proto.buf:  # a request that arrived while this one streamed
@@ -210,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--api-key", help="answer 401 to requests without this bearer key")
     p.add_argument("--keepalive", action="store_true", help="send SSE comment lines between tokens")
     p.add_argument("--die-after", type=int, default=0, help="exit abruptly at chat request N+1")
+    p.add_argument("--miscount", type=int, default=0, help="count N completion tokens too many per response")
     p.add_argument("--cpu", type=int, help="pin to this core")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed)")
     a = p.parse_args(argv)

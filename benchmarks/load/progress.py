@@ -55,7 +55,7 @@ class LiveDisplay:
             self.live.update(self._render())
 
     def level_finished(self, stats: dict[str, Any]) -> None:
-        self.console.print(level_line(stats))
+        self.console.print(level_line(stats), highlight=False, markup=False)
 
     def close(self) -> None:
         if self.live is not None:

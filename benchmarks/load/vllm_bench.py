@@ -16,6 +16,11 @@ vllm.entrypoints.cli.main` (the same lookup), hence this launcher.
 Method: each tool runs in its own long-lived process (vLLM's import costs ~20 s; paid once), and the driver
 alternates them in `--pairs` pairs, A B then B A, so the machine's drift (other agents share these 2 cores)
 hits both alike; the verdict is the median of the per-pair ratios with a distribution-free 95% interval.
+Around every run the driver also reads chimera-serve's own inter-token histogram: the server's mean ITL over
+that run, whoever drove it. Equal server ITLs with different client figures mean the tools measure
+differently; different server ITLs mean the server ran differently (the machine, or the load's shape). Each
+tool's CPU time and its time waiting for a CPU (run-queue delay, /proc) per run show what a busy machine did to
+the clients themselves.
 Writes benchmarks/results/vllm-bench-side-by-side.{json,md}.
 """
 
@@ -23,16 +28,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from benchmarks._common import markdown_table, write_results
 from benchmarks.load.config import Fixed, SyntheticWorkload
-from benchmarks.load.generator_bench import proc_cpu_s
+from benchmarks.load.generator_bench import proc_cpu_s, run_delay_s
 from benchmarks.load.servers import REPO, build_demo_child, chimera_serve, vllm_server
 from benchmarks.load.workload import synthetic_prompts, write_sharegpt
 from benchmarks.serve_vs_vllm import median_ci
@@ -66,13 +74,45 @@ for line in sys.stdin:
 """
 
 
+def server_timing(base: str) -> dict[str, float]:
+    """chimera-serve's own TTFT and inter-token histograms' sums and counts (empty for other servers)."""
+    try:
+        text = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for name in ("time_to_first_token", "inter_token_latency"):
+        for part in ("sum", "count"):
+            m = re.search(rf"^chimera_{name}_seconds_{part}{{[^}}]*}} (\S+)$", text, re.M)
+            if m:
+                out[f"{name}_{part}"] = float(m.group(1))
+    return out
+
+
+def server_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """The server's mean TTFT and inter-token latency (ms) over one run: what it did, whoever measured it."""
+
+    def mean(name: str) -> float | None:
+        if f"{name}_count" not in after or f"{name}_count" not in before:
+            return None
+        n = after[f"{name}_count"] - before[f"{name}_count"]
+        return 1000 * (after[f"{name}_sum"] - before[f"{name}_sum"]) / n if n else None
+
+    return {
+        "server_ttft_mean_ms": mean("time_to_first_token"),
+        "server_itl_mean_ms": mean("inter_token_latency"),
+    }
+
+
 class Worker:
     """A tool's process; `run(path)` makes one timed run whose result lands in `path`."""
 
-    def __init__(self, name: str, cmd: list[str]) -> None:
+    def __init__(self, name: str, cmd: list[str], nice: int = 0) -> None:
         self.name = name
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, nice)
         self._wait()
 
     def _wait(self) -> None:
@@ -82,14 +122,15 @@ class Worker:
                 return
         raise RuntimeError(f"{self.name} worker exited ({self.proc.wait()})")
 
-    def run(self, path: Path) -> float:
-        """One run; returns the CPU seconds the tool's process spent on it (a client's own cost)."""
+    def run(self, path: Path) -> tuple[float, float]:
+        """One run; returns the CPU seconds the tool's process spent on it (a client's own cost) and the seconds
+        its threads waited, runnable, for a CPU (other processes' doing)."""
         assert self.proc.stdin is not None
-        cpu0 = proc_cpu_s(self.proc.pid)
+        cpu0, wait0 = proc_cpu_s(self.proc.pid), run_delay_s(self.proc.pid)
         self.proc.stdin.write(f"{path}\n")
         self.proc.stdin.flush()
         self._wait()
-        return proc_cpu_s(self.proc.pid) - cpu0
+        return proc_cpu_s(self.proc.pid) - cpu0, run_delay_s(self.proc.pid) - wait0
 
     def close(self) -> None:
         if self.proc.stdin:
@@ -121,7 +162,8 @@ def compare_on(server: str, base: str, a: argparse.Namespace, tmp: Path) -> dict
     """`a.pairs` alternating pairs of timed runs of both tools against one server."""
     load_cmd = [sys.executable, "-c", LOAD_WORKER, load_config(a, base, tmp / "prompts.jsonl")]
     vllm_cmd = [sys.executable, "-c", VLLM_WORKER, *vllm_args(a, base, tmp / "sharegpt.json")]
-    workers = {TOOLS[0]: Worker(TOOLS[0], load_cmd), TOOLS[1]: Worker(TOOLS[1], vllm_cmd)}
+    nice = a.client_nice
+    workers = {TOOLS[0]: Worker(TOOLS[0], load_cmd, nice), TOOLS[1]: Worker(TOOLS[1], vllm_cmd, nice)}
     rows = []
     try:
         for w in workers.values():  # one unrecorded run each: connections, caches
@@ -130,10 +172,11 @@ def compare_on(server: str, base: str, a: argparse.Namespace, tmp: Path) -> dict
             order = list(workers) if i % 2 == 0 else list(workers)[::-1]
             for pos, name in enumerate(order):
                 path = tmp / f"{server}-{i}-{name.split()[0]}.json"
-                cpu = workers[name].run(path)
-                rows.append(
-                    {"pair": i, "position": pos, "tool": name, "client_cpu_s": cpu, **read_result(name, path)}
-                )
+                before = server_timing(base)
+                cpu, waited = workers[name].run(path)
+                row = {"pair": i, "position": pos, "tool": name, "client_cpu_s": cpu, "client_waited_s": waited,
+                       **server_means(before, server_timing(base))}  # fmt: skip
+                rows.append({**row, **read_result(name, path)})
             r = rows[-2:]
             print(f"{server} pair {i}: " + ", ".join(f"{x['tool']} {x['output_tok_s']:.0f} tok/s" for x in r),
                   flush=True)  # fmt: skip
@@ -156,7 +199,20 @@ def read_result(tool: str, path: Path) -> dict[str, Any]:
 
 
 TOOLS = ("chimera-load", "vllm bench serve")
-PER_TOOL = ("output_tok_s", "ttft_median_ms", "tpot_median_ms", "itl_median_ms", "client_cpu_s")
+PER_TOOL = (
+    "output_tok_s",
+    "ttft_median_ms",
+    "tpot_median_ms",
+    "itl_median_ms",
+    "client_cpu_s",
+    "client_waited_s",
+    "server_itl_mean_ms",
+)
+
+
+def _median(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return statistics.median(vals) if vals else None
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -178,32 +234,36 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "same_tokens": len({r["output_tokens"] for r in rows}) == 1,
         "within_5pct": abs(med_ratio - 1) <= 0.05,
         "per_tool": {
-            t: {k: statistics.median(r[k] for r in rows if r["tool"] == t) for k in PER_TOOL} for t in TOOLS
+            t: {k: _median([r.get(k) for r in rows if r["tool"] == t]) for k in PER_TOOL} for t in TOOLS
         },
     }
 
 
 def _tool_row(t: str, v: dict[str, float]) -> list[str]:
     return [t, f"{v['output_tok_s']:.1f}", f"{v['ttft_median_ms']:.1f}", f"{v['tpot_median_ms']:.2f}",
-            f"{v['itl_median_ms']:.2f}", f"{v['client_cpu_s']:.2f}"]  # fmt: skip
+            f"{v['itl_median_ms']:.2f}", f"{v['client_cpu_s']:.3f}", f"{v['client_waited_s']:.3f}",
+            "-" if v["server_itl_mean_ms"] is None else f"{v['server_itl_mean_ms']:.2f}"]  # fmt: skip
 
 
 def _run_row(r: dict[str, Any]) -> list[Any]:
     return [r["pair"], r["position"], r["tool"], f"{r['output_tok_s']:.1f}", f"{r['duration_s']:.2f}",
-            r["output_tokens"], f"{r['ttft_median_ms']:.1f}", f"{r['client_cpu_s']:.2f}"]  # fmt: skip
+            r["output_tokens"], f"{r['ttft_median_ms']:.1f}", f"{r['client_cpu_s']:.3f}",
+            f"{r['client_waited_s']:.3f}"]  # fmt: skip
 
 
 def report(results: dict[str, Any], a: argparse.Namespace) -> str:
     parts = [
         f"Load: {a.requests} streaming chat requests per run, concurrency {a.concurrency}, prompts of exactly "
         f"{a.input_len} tokens (the same prompts, same order, for both tools), {a.output_len} output tokens each "
-        f"(ignore_eos, greedy); {a.pairs} alternating pairs per server. Model: `{a.model}` (the demo child).",
+        f"(ignore_eos, greedy); {a.pairs} alternating pairs per server. Model: `{a.model}` (the demo child). "
+        f"Both tools' processes at niceness {a.client_nice}.",
         "",
     ]
     tool_headers = ["tool", "output tok/s (median run)", "TTFT median ms", "TPOT median ms", "ITL median ms",
-                    "client CPU s per run (median)"]  # fmt: skip
+                    "client CPU s per run (median)", "client waited for a CPU, s per run (median)",
+                    "server's own mean ITL ms (median run)"]  # fmt: skip
     run_headers = ["pair", "position", "tool", "output tok/s", "duration s", "tokens", "TTFT median ms",
-                   "client CPU s"]  # fmt: skip
+                   "client CPU s", "client waited s"]  # fmt: skip
     for server, res in results.items():
         s = res["summary"]
         ci = s["tok_s_ratio_ci95"]
@@ -237,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--input-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=64)
+    p.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="niceness of both tools' processes (negative: served first on a busy machine; needs root)",
+    )
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "chimera-load-vllm-bench")
     p.add_argument("--out", type=Path, default=None, help="results dir (default benchmarks/results)")
     a = p.parse_args(argv)

@@ -91,6 +91,15 @@ def test_cli_writes_json_markdown_and_plot(tmp_path: Path, capsys: pytest.Captur
     assert "results:" in capsys.readouterr().out
 
 
+def test_counters_that_disagree_fail_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with fake_server("--itl-ms", "1", "--miscount", "2") as srv:
+        rc = main([srv.base_url, "--concurrency", "2", "--requests", "5", "--output-len", "10", "--out",
+                   str(tmp_path), "--name", "lying", "--quiet", "--warmup", "0"])  # fmt: skip
+    assert rc == 5
+    assert "chimera completion_tokens +10" in one_line_error(capsys)  # 5 responses x 2 tokens
+    assert "DIFFERENCES" in (tmp_path / "lying.md").read_text()
+
+
 def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err, err

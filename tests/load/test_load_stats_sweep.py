@@ -181,3 +181,26 @@ def test_compare_exact_and_difference() -> None:
         y
     ) and "vllm completion_tokens +2" in mismatch_line(y)
     assert not compare(None, after, "m", {})["checked"]
+
+
+def test_progress_display_renders() -> None:
+    import io
+
+    from rich.console import Console
+
+    from benchmarks.load.progress import LiveDisplay, level_line
+    from benchmarks.load.scheduler import Counters
+
+    rs = [req(i, 0.0, 0.2, 2.0, 40, reasoning=30) for i in range(4)]
+    s = summarize(LevelRun(LoadPoint("concurrency", 4), rs, 0.0, 2.0, (0.0, 2.0), "requests"), SLO)
+    line = level_line(s)
+    assert line.startswith("concurrency 4: 4 ok, 0 errors, 80 tok/s") and "think 100%" in line
+    out = io.StringIO()
+    d = LiveDisplay(Console(file=out, force_terminal=True, width=120))
+    c = Counters(label="concurrency 4", issued=7, done=5, errors=1, tokens=200, in_flight=2)
+    d.level_started(c)
+    d.refresh()
+    d.level_finished(s)
+    d.close()
+    text = out.getvalue()
+    assert "5 / 7" in text and "concurrency 4: 4 ok" in text
