@@ -190,7 +190,8 @@ class Engine:
             raise BadRequestError(str(e).splitlines()[0] if str(e) else "invalid sampling values") from None
 
     def tool_extractor(self, request_body: dict[str, Any]) -> Any:
-        """`text -> ToolExtraction` through vLLM's own deepseek_v3 parser (one parser per choice)."""
+        """`text -> ToolExtraction` through vLLM's own deepseek_v3 parser; `request_body` becomes vLLM's own
+        request model, which the parser reads (for `tools`)."""
         parser = self._tool_parser_cls(self.tokenizer)
         vllm_request = compat.chat_request_cls().model_validate(request_body)
 

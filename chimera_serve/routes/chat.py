@@ -36,7 +36,9 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Resp
     srv.admit(rec)
     named = req.tool_choice.function.name if req.tool_mode == "named" else None  # type: ignore[union-attr]
     extract = (
-        engine.tool_extractor(req.model_dump(mode="json"))
+        engine.tool_extractor(
+            req.model_dump(mode="json", exclude_none=True, include={"model", "messages", "tools"})
+        )
         if req.tool_mode == "auto" and engine.features.tools
         else None
     )

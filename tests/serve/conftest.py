@@ -87,12 +87,10 @@ def running_server(
     While the model loads, the port must already answer: /ready 503 "loading" and /health 200 "loading", at once.
     `env` adds variables (None removes one); by default the KV cache is 1 GiB, enough for these models.
     """
-    port = free_port()
     log_path = log_dir / "server.log"
     positions = json.loads((model / "config.json").read_text()).get("max_position_embeddings", MAX_MODEL_LEN)
     max_model_len = min(MAX_MODEL_LEN, positions)
-    cmd = serve_command(
-        model, port,
+    args = (
         "--served-model-name", "chimera-test", "--api-key", API_KEY, "--max-model-len", str(max_model_len),
         "--enforce-eager", "--max-num-seqs", str(MAX_NUM_SEQS), "--max-queued", str(MAX_QUEUED),
         "--max-body-bytes", str(MAX_BODY_BYTES), "--keepalive-interval-s", "0.2", "--drain-grace-s", str(DRAIN_GRACE_S),
@@ -105,16 +103,29 @@ def running_server(
             full_env.pop(key, None)
         else:
             full_env[key] = value
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    srv = RunningServer(
-        f"http://127.0.0.1:{port}", "chimera-test", proc, log_path, tiny, max_model_len, model
-    )
+
+    def launch() -> RunningServer:
+        port = free_port()
+        with log_path.open("wb") as out:
+            cmd = serve_command(model, port, *args)
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+        return RunningServer(
+            f"http://127.0.0.1:{port}", "chimera-test", proc, log_path, tiny, max_model_len, model
+        )
+
+    srv = launch()
+    proc = srv.proc
     try:
         started = time.monotonic()
         seen_loading = False
+        retries = 3  # another process on this machine may take the free port before the server binds it
         while True:
             if proc.poll() is not None:
+                if "Address already in use" in srv.log() and retries:
+                    retries -= 1
+                    srv = launch()
+                    proc = srv.proc
+                    continue
                 pytest.fail(f"chimera-serve exited with {proc.returncode}:\n{srv.log()[-3000:]}")
             try:
                 ready = httpx.get(f"{srv.base_url}/ready", timeout=10)
