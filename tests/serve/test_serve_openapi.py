@@ -39,7 +39,7 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_status(
     report = tmp_path / "junit.xml"
     r = subprocess.run(
         schemathesis_command(server.base_url, examples=8, seed=18, report=report),
-        capture_output=True, text=True, timeout=1500, env={**os.environ, "NO_COLOR": "1"},
+        capture_output=True, text=True, timeout=1500, env={**os.environ, "NO_COLOR": "1"}, cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "tests" in report.read_text()  # it ran and reported
