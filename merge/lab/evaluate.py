@@ -1,10 +1,11 @@
 """Measure a model directory through vLLM's offline API: think-tag rate, accuracy, mean output tokens.
 
-    VLLM_CPU_KVCACHE_SPACE=1 python -m merge.lab.evaluate MODEL_DIR [--n 200] [--json FILE]
+    VLLM_CPU_KVCACHE_SPACE=1 python -m merge.lab.evaluate MODEL_DIR [--n 200] [--json FILE] [--tools]
 
 Prompts go through vLLM's chat path (`LLM.chat`: the model's own chat template), greedy, on a fixed held-out
 set (`task.heldout_problems`), so the numbers are what a client of the server would see. One engine per process:
 the sweep runs this module as a subprocess per child, which also returns every byte of the engine's memory.
+`--tools` measures mini-tools' tool calling instead (`evaluate_tools`).
 """
 
 from __future__ import annotations
@@ -74,9 +75,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--n", type=int, default=DEFAULT_N, help="held-out prompts (default %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--tools", action="store_true", help="tool-call rates of a tool model (mini-tools)")
     args = parser.parse_args(argv)
     if not (args.model_dir / "config.json").is_file():
         sys.exit(f"error: {args.model_dir} has no config.json; pass a model directory")
+    if args.tools:
+        from merge.lab.evaluate_tools import evaluate_tools, summary
+
+        tool_result = evaluate_tools(args.model_dir, args.n)
+        print(summary(tool_result))
+        if args.json:
+            args.json.write_text(json.dumps(asdict(tool_result), indent=2) + "\n")
+        return
     result = evaluate(args.model_dir, args.n)
     print(
         f"{result.model}: think rate {result.think_rate:.3f}, accuracy {result.accuracy:.3f}, "

@@ -14,7 +14,11 @@ Export writes the DeepSeek checkpoint layout, not transformers' fused one: trans
 experts of a layer as two 3-D parameters (`experts.gate_up_proj` [E, 2I, H], `experts.down_proj` [E, H, I]);
 DeepSeek checkpoints, vLLM and the merge stage's `routed_experts` class name one tensor per expert
 (`mlp.experts.{e}.{gate,up,down}_proj.weight`). Weights are bf16 except the router's
-`e_score_correction_bias`, which stays float32 as in DeepSeek-V3.
+`e_score_correction_bias`, which stays float32 as in DeepSeek-V3. `load_checkpoint` reads such a directory back
+into transformers' layout (float32), so a lab model can be fine-tuned from a shipped one.
+
+The tool flavour (`tools=True`, mini-tools) differs only in vocabulary (+9 tool tokens), context (512 positions:
+a tools section alone is ~250 characters) and the default output budget (128 tokens: a reasoned call is ~70).
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import DeepseekV3Config
 
 from merge.lab import LabError
 from merge.lab.tokenizer import save_tokenizer, vocab_size
 
 MAX_POSITIONS = 256
+MAX_POSITIONS_TOOLS = 512
 
 
 class LabDims(BaseModel):
@@ -88,13 +93,18 @@ def make_dims(**overrides: int) -> LabDims:
         raise LabError(f"model dimensions: {where + ': ' if where else ''}{msg}") from None
 
 
-def rope_parameters() -> dict:
+def max_positions(tools: bool = False) -> int:
+    """Context length of the plain models, or of the tool flavour."""
+    return MAX_POSITIONS_TOOLS if tools else MAX_POSITIONS
+
+
+def rope_parameters(tools: bool = False) -> dict:
     """YaRN at factor 1.0: the same rotation as plain RoPE (theta 10000), but served by vLLM's correct CPU path."""
     return {
         "rope_type": "yarn",
         "rope_theta": 10000.0,
         "factor": 1.0,
-        "original_max_position_embeddings": MAX_POSITIONS,
+        "original_max_position_embeddings": max_positions(tools),
         "beta_fast": 32,
         "beta_slow": 1,
         "mscale": 1.0,
@@ -102,14 +112,14 @@ def rope_parameters() -> dict:
     }
 
 
-def hf_config(dims: LabDims) -> DeepseekV3Config:
+def hf_config(dims: LabDims, tools: bool = False) -> DeepseekV3Config:
     """The transformers config for training (routing as DeepSeek-V3: sigmoid scores, bias-corrected top-k).
 
     Training uses plain RoPE (theta 10000); only the exported config names it as YaRN factor 1.0 (see above).
     """
     return DeepseekV3Config(
-        vocab_size=vocab_size(),
-        max_position_embeddings=MAX_POSITIONS,
+        vocab_size=vocab_size(tools),
+        max_position_embeddings=max_positions(tools),
         num_key_value_heads=dims.num_attention_heads,
         n_group=1,
         topk_group=1,
@@ -124,9 +134,9 @@ def hf_config(dims: LabDims) -> DeepseekV3Config:
     )
 
 
-def export_config(dims: LabDims) -> dict:
+def export_config(dims: LabDims, tools: bool = False) -> dict:
     """config.json as DeepSeek ships it: the keys vLLM needs (`topk_method`, `scoring_func`) written out."""
-    cfg = hf_config(dims).to_dict()
+    cfg = hf_config(dims, tools).to_dict()
     for key in (
         "id2label",
         "label2id",
@@ -147,9 +157,9 @@ def export_config(dims: LabDims) -> dict:
         scoring_func="sigmoid",
         torch_dtype="bfloat16",
         dtype="bfloat16",
-        rope_parameters=rope_parameters(),
-        rope_theta=rope_parameters()["rope_theta"],
-        rope_scaling=rope_parameters(),
+        rope_parameters=rope_parameters(tools),
+        rope_theta=rope_parameters(tools)["rope_theta"],
+        rope_scaling=rope_parameters(tools),
     )
     return dict(sorted(cfg.items()))
 
@@ -177,6 +187,24 @@ def checkpoint_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     }
 
 
+def load_checkpoint(model_dir: Path) -> dict[str, torch.Tensor]:
+    """A lab model directory -> transformers' state dict (float32): the inverse of `checkpoint_tensors`."""
+    flat = load_file(str(model_dir / "model.safetensors"))
+    state: dict[str, torch.Tensor] = {}
+    prefixes = sorted({k.split("experts.")[0] for k in flat if ".mlp.experts." in k})
+    for prefix in prefixes:  # "model.layers.{i}.mlp."
+        n = sum(k.startswith(f"{prefix}experts.") and k.endswith(".down_proj.weight") for k in flat)
+        experts = [
+            [flat.pop(f"{prefix}experts.{e}.{p}_proj.weight") for p in ("gate", "up", "down")]
+            for e in range(n)
+        ]
+        gate_up = [torch.cat([gate, up]) for gate, up, _ in experts]
+        state[f"{prefix}experts.gate_up_proj"] = torch.stack(gate_up)  # [E, 2I, H]
+        state[f"{prefix}experts.down_proj"] = torch.stack([d for _, _, d in experts])  # [E, H, I]
+    state.update(flat)
+    return {k: v.float() for k, v in state.items()}
+
+
 def generation_config(max_new_tokens: int = 64) -> dict:
     """Sampling defaults vLLM applies to requests that name none (its own default max_tokens is 16)."""
     return {
@@ -190,12 +218,13 @@ def generation_config(max_new_tokens: int = 64) -> dict:
     }
 
 
-def export_model(model: torch.nn.Module, dims: LabDims, out_dir: Path) -> None:
+def export_model(model: torch.nn.Module, dims: LabDims, out_dir: Path, tools: bool = False) -> None:
     """Write a complete model directory: model.safetensors, config, generation config, tokenizer, template."""
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / "model.safetensors"
     save_file(checkpoint_tensors(model.state_dict()), str(weights), metadata={"format": "pt"})
     weights.chmod(0o644)  # safetensors writes 0600; these files are committed and read by other users
-    (out_dir / "config.json").write_text(json.dumps(export_config(dims), indent=2) + "\n")
-    (out_dir / "generation_config.json").write_text(json.dumps(generation_config(), indent=2) + "\n")
-    save_tokenizer(out_dir, MAX_POSITIONS)
+    (out_dir / "config.json").write_text(json.dumps(export_config(dims, tools), indent=2) + "\n")
+    gen = generation_config(128 if tools else 64)
+    (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    save_tokenizer(out_dir, max_positions(tools), tools)

@@ -26,13 +26,14 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from merge.errors import MergeError
-from merge.lab.data import Encoder, collate, greedy_exact, training_problems
+from merge.lab.data import IGNORE, Encoded, Encoder, collate, greedy_exact, training_problems
 from merge.lab.model import LabDims, export_model, hf_config, make_dims
 from merge.lab.task import Style, heldout_problems
 
@@ -54,6 +55,7 @@ class TrainConfig(BaseModel):
     bias_rate: float = Field(1e-3, ge=0)
     think_share: float = Field(0.5, ge=0, le=1)  # share of think-style replies in pretraining
     report_every: int = Field(0, ge=0)  # held-out check every N steps (0: only at the end of a phase)
+    log_every: int = Field(200, ge=1)  # loss line every N steps
 
 
 def set_determinism(cfg: TrainConfig) -> None:
@@ -86,60 +88,85 @@ class ExpertBalancer:
     def _hook(self, i: int):
         def record(module: torch.nn.Module, args: tuple, output: tuple) -> None:
             if module.training:  # output: (router_logits, topk_weights, topk_indices [tokens, k])
-                self.loads[i] = torch.bincount(output[2].flatten(), minlength=module.num_experts).float()
+                load = torch.bincount(output[2].flatten(), minlength=module.num_experts).float()
+                # summed over a step's forwards (mini-tools runs a shared prefix, then the rows' suffixes)
+                self.loads[i] = self.loads.get(i, 0) + load
 
         return record
 
     @torch.no_grad()
     def update(self) -> None:
         for i, router in enumerate(self.routers):
-            load = self.loads[i]
+            load = self.loads.pop(i)
             router.e_score_correction_bias += self.rate * torch.sign(load.mean() - load)
+
+
+def style_pools(enc: Encoder, styles: list[Style]) -> list[list[Encoded]]:
+    """One pool of encoded training problems per entry of `styles` (a style listed twice is drawn twice as often)."""
+    problems = training_problems()
+    encoded = {s: [enc.example(p, s) for p in problems] for s in set(styles)}
+    return [encoded[s] for s in styles]
+
+
+LossFn = Callable[[torch.nn.Module, list[Encoded]], torch.Tensor]
+
+
+def batch_loss(
+    model: torch.nn.Module, rows: list[Encoded], pad_id: int, reply_only: bool, device: str
+) -> torch.Tensor:
+    """Mean next-token cross-entropy of a right-padded batch (prompt tokens excluded when `reply_only`)."""
+    ids, labels = collate(rows, pad_id, reply_only)
+    logits = model(input_ids=ids.to(device)).logits
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), labels.to(device).flatten(), ignore_index=IGNORE
+    )
 
 
 def run_phase(
     model: torch.nn.Module,
     cfg: TrainConfig,
-    enc: Encoder,
-    styles: list[Style],
+    pools: Sequence[Sequence[Encoded]],
+    pad_id: int,
     steps: int,
     lr: float,
     reply_only: bool,
     name: str,
+    check: Callable[[torch.nn.Module, str], object] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> None:
-    """One training phase: AdamW, batches drawn from the training problems with a seeded generator."""
-    problems = training_problems()
-    encoded = {s: [enc.example(p, s) for p in problems] for s in set(styles)}
+    """One training phase: AdamW; each batch row draws a pool, then an example of it, from a seeded generator.
+
+    The pools are parallel (row i of every pool comes from the same training problem), so they have one length.
+    `check(model, label)` runs every `cfg.report_every` steps, in eval mode. `loss_fn(model, rows)` replaces
+    `batch_loss` (the tool model computes shared prompt prefixes once per batch).
+    """
+    if len({len(p) for p in pools}) != 1:
+        raise ValueError("run_phase: pools must have the same length (one example per training problem)")
     gen = torch.Generator().manual_seed(cfg.seed + len(name))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     balancer = ExpertBalancer(model, cfg.bias_rate)
     model.train()
     start = time.monotonic()
     for step in range(steps):
-        rows = torch.randint(len(problems), (cfg.batch_size,), generator=gen).tolist()
-        kinds = torch.randint(len(styles), (cfg.batch_size,), generator=gen).tolist()
-        ids, labels = collate(
-            [encoded[styles[k]][r] for r, k in zip(rows, kinds, strict=True)], enc.pad_id, reply_only
-        )
+        rows = torch.randint(len(pools[0]), (cfg.batch_size,), generator=gen).tolist()
+        kinds = torch.randint(len(pools), (cfg.batch_size,), generator=gen).tolist()
+        batch = [pools[k][r] for r, k in zip(rows, kinds, strict=True)]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, cfg.warmup)
-        logits = model(input_ids=ids.to(cfg.device)).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1), labels.to(cfg.device).flatten(), ignore_index=-100
-        )
+        loss = loss_fn(model, batch) if loss_fn else batch_loss(model, batch, pad_id, reply_only, cfg.device)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         balancer.update()
-        if step % 200 == 0 or step == steps - 1:
+        if step % cfg.log_every == 0 or step == steps - 1:
             print(
                 f"[{name}] step {step:5d} loss {loss.item():.4f} ({time.monotonic() - start:.0f}s)",
                 flush=True,
             )
-        if cfg.report_every and (step + 1) % cfg.report_every == 0 and step + 1 < steps:
+        if check and cfg.report_every and (step + 1) % cfg.report_every == 0 and step + 1 < steps:
             model.eval()
-            report(model, enc, cfg.device, f"{name}@{step + 1}")
+            check(model, f"{name}@{step + 1}")
             model.train()
     model.eval()
 
@@ -169,7 +196,12 @@ def train_all(out: Path, dims: LabDims, cfg: TrainConfig) -> None:
     mix: list[Style] = [
         "think" if think_every and i % think_every == 0 else "direct" for i in range(max(1, think_every))
     ]
-    run_phase(base, cfg, enc, mix, cfg.base_steps, cfg.base_lr, reply_only=False, name="mini-base")
+
+    def check(model: torch.nn.Module, label: str) -> None:
+        report(model, enc, cfg.device, label)
+
+    pools = style_pools(enc, mix)
+    run_phase(base, cfg, pools, enc.pad_id, cfg.base_steps, cfg.base_lr, False, "mini-base", check)
     report(base, enc, cfg.device, "mini-base")
     export_model(base, dims, out / "mini-base")
     state = {k: v.clone() for k, v in base.state_dict().items()}
@@ -177,7 +209,8 @@ def train_all(out: Path, dims: LabDims, cfg: TrainConfig) -> None:
         torch.manual_seed(cfg.seed + 1)
         child = DeepseekV3ForCausalLM(hf_config(dims)).to(cfg.device)
         child.load_state_dict(state)
-        run_phase(child, cfg, enc, [style], cfg.ft_steps, cfg.ft_lr, reply_only=True, name=name)
+        pools = style_pools(enc, [style])
+        run_phase(child, cfg, pools, enc.pad_id, cfg.ft_steps, cfg.ft_lr, True, name, check)
         report(child, enc, cfg.device, name)
         export_model(child, dims, out / name)
 

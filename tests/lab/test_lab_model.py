@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from merge.lab import LabError
-from merge.lab.model import checkpoint_tensors, export_config, hf_config, make_dims
+from merge.lab.model import checkpoint_tensors, export_config, hf_config, load_checkpoint, make_dims
 from merge.lab.train import main as train_main
 
 MODELS = Path(__file__).resolve().parents[2] / "merge" / "lab" / "models"
@@ -101,3 +101,14 @@ def test_children_share_the_base_but_differ() -> None:
         a, b = v3.get_tensor(name).float(), r1.get_tensor(name).float()
     assert a.shape == b.shape and not torch.equal(a, b)
     assert ((a - b).norm() / a.norm()).item() < 0.5  # fine-tunes of one base, not unrelated models
+
+
+def test_load_checkpoint_inverts_the_export() -> None:
+    from transformers import DeepseekV3ForCausalLM
+
+    state = load_checkpoint(MODELS / "mini-base")
+    model = DeepseekV3ForCausalLM(hf_config(make_dims()))
+    model.load_state_dict(state, strict=True)  # transformers' fused expert layout, every key
+    with safe_open(MODELS / "mini-base" / "model.safetensors", "pt") as f:
+        for name, t in checkpoint_tensors(model.state_dict()).items():
+            assert torch.equal(t, f.get_tensor(name)), name  # bf16 -> float32 -> bf16 is exact
