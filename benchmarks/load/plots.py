@@ -28,8 +28,8 @@ def plot(data: dict[str, Any], path: Path) -> str | None:
     levels = [s for s in data["levels"] if s["ok"]]
     if not levels:
         return "no plots: no request succeeded"
+    levels = [s for s in levels if not s.get("probe")] or levels  # a rate sweep's probe is not on its axis
     by_rate = {s["load"]["kind"] for s in levels} == {"rate"}
-    levels = [s for s in levels if not s.get("probe")] or levels
     x = [s["load"]["value"] for s in levels]
     xlabel = "request rate (1/s)" if by_rate else "concurrency"
     fig, ax = plt.subplots(2, 2, figsize=(12, 8))

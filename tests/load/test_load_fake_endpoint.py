@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.load import Concurrency, Fixed, LoadConfig, Rate, Sweep, SyntheticWorkload, run_load
@@ -69,12 +70,20 @@ def test_poisson_rate_and_sweep() -> None:
                                    shape=Rate(rate=40.0, arrivals="poisson", seed=3)))  # fmt: skip
         sw = run_load(LoadConfig(url=srv.base_url, workload=SMALL, max_requests=30, crosscheck=False,
                                  shape=Sweep(levels=(1, 2, 4)), target_tokens_per_day=1e9))  # fmt: skip
+        rs = run_load(LoadConfig(url=srv.base_url, workload=SMALL, max_requests=20, crosscheck=False,
+                                 shape=Sweep(over="rate", max_concurrency=4, rate_fractions=(0.5, 1.0))))  # fmt: skip
     s = rate.levels[0]
     assert s["ok"] == 40 and s["load"]["label"] == "poisson rate 40/s"
     assert 0.5 < s["requests_s"] / 40 < 1.5  # ~40 requests/s offered, about that served
     assert [lv["load"]["value"] for lv in sw.levels] == [1, 2, 4]
     assert sw.sweep["best"] is not None and sw.capacity["replicas"] >= 1
     assert sw.levels[2]["output_tok_s"] > 1.5 * sw.levels[0]["output_tok_s"]  # the fake scales with streams
+    probe, half, full = rs.levels  # the throughput probe at max_concurrency, then fractions of its rate
+    assert probe["probe"] and probe["load"]["label"] == "concurrency 4"
+    assert [half["load"]["value"], full["load"]["value"]] == pytest.approx(
+        [0.5, 1.0] * np.array(probe["requests_s"])
+    )
+    assert rs.sweep["saturation"]["peak_load"] == "concurrency 4" and rs.capacity is not None
 
 
 def test_cli_writes_json_markdown_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
