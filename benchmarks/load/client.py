@@ -17,6 +17,7 @@ inline as `<think>...</think>` in `content` (servers without one); both count as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -41,6 +42,8 @@ def _json_decoder() -> Callable[[bytes], Any]:
 
 _decode = _json_decoder()
 JSON_DECODER = "msgspec" if _decode.__class__.__name__ != "function" else "json"
+
+TAIL_S = 5.0  # how long the end of a body may trail its [DONE]
 
 # Failures that mean the server (or the path to it) is gone, not that it refused one request.
 TRANSPORT_KINDS = frozenset({"connect", "disconnected"})
@@ -255,12 +258,15 @@ async def send(
                 )
                 return r
             read = resp.content.readany
-            while data := await read():  # to the end of the body, so the connection can be reused
+            while data := await read():
                 r.reads += 1
-                if not parser.done:
-                    parser.feed(data, time.perf_counter())
+                if parser.feed(data, time.perf_counter()):
+                    break
             if not parser.done:
                 r.error, r.error_kind = "the stream ended before [DONE]", "disconnected"
+            elif not resp.content.at_eof():  # read the body's end, so the connection can be reused (bounded:
+                with contextlib.suppress(TimeoutError):  # a server holding it open past [DONE] loses it)
+                    await asyncio.wait_for(resp.content.read(), TAIL_S)
     except StreamError as e:
         r.error, r.error_kind = str(e), e.kind
     except TimeoutError:
