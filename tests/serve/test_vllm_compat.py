@@ -11,10 +11,12 @@ import asyncio
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from chimera_serve import vllm_compat as compat
+from chimera_serve.config import ServeSettings
 from chimera_serve.engine import Engine
 from chimera_serve.errors import BadRequestError
 
@@ -88,6 +90,10 @@ class _LLM:
         yield  # an async generator, like AsyncLLM.generate
 
 
+# Validation would need a model directory; these tests read only the settings Engine keeps.
+_SETTINGS = ServeSettings.model_construct(model=Path("unused"), model_thinks="auto")
+
+
 def _first(engine: Engine) -> None:
     from vllm import SamplingParams
 
@@ -99,12 +105,14 @@ def _first(engine: Engine) -> None:
 
 
 def test_a_plain_value_error_before_output_is_a_400_on_0_25(vllm_025_exceptions: tuple[type, type]) -> None:
-    engine = Engine(_LLM(ValueError("thinking_token_budget is not supported with the V2 model runner")), None)  # type: ignore[arg-type]
+    engine = Engine(
+        _LLM(ValueError("thinking_token_budget is not supported with the V2 model runner")), _SETTINGS
+    )
     with pytest.raises(BadRequestError, match="V2 model runner"):
         _first(engine)
 
 
 def test_a_plain_value_error_is_not_a_client_error_on_later_releases() -> None:
-    engine = Engine(_LLM(ValueError("a bug")), None)  # type: ignore[arg-type]
+    engine = Engine(_LLM(ValueError("a bug")), _SETTINGS)
     with pytest.raises(ValueError, match="a bug"):
         _first(engine)
