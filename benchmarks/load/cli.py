@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-concurrency", type=int, default=256, help="sweep ceiling (default 256)")
     p.add_argument("--all-levels", action="store_true", help="sweep: run every level, even past saturation")
+    p.add_argument("--saturation-gain", type=float, default=0.1,
+                   help="sweep: a doubled load gaining less output tok/s than this share is saturated (default "
+                        "0.1; raise it on a noisy shared machine)")  # fmt: skip
     p.add_argument(
         "--rate-fractions", help="rate sweep: fractions of the saturating rate (default .25,.5,.75,.9,1)"
     )
@@ -137,6 +140,7 @@ def build_config(a: argparse.Namespace) -> LoadConfig:
         fractions = _floats(a.rate_fractions, "--rate-fractions")
         shape = Sweep(over=a.sweep, levels=tuple(int(x) for x in levels) if levels else None,
                       max_concurrency=a.max_concurrency, arrivals=a.arrivals, run_all_levels=a.all_levels,
+                      saturation_gain=a.saturation_gain,
                       **({"rate_fractions": fractions} if fractions else {}))  # fmt: skip
     else:
         shape = Concurrency(concurrency=a.concurrency or 8)

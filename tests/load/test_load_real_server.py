@@ -52,9 +52,11 @@ def exact(res: object) -> None:
 
 def test_sweep_finds_saturation_and_tokens_per_day(server: Server, model_dir: Path) -> None:
     wl = SyntheticWorkload(input_len=Fixed(value=16), output_len=Fixed(value=24), tokenizer=model_dir)
-    cfg = LoadConfig(url=server.base_url, api_key=KEY, workload=wl, max_requests=16, warmup_requests=2,
-                     shape=Sweep(levels=(1, 2, 4, 8, 16, 32)), slo=Slo(ttft_p99_s=30, tpot_p99_s=1),
-                     target_tokens_per_day=1e9)  # fmt: skip
+    # On two shared cores (client, API server and engine on the same ones) levels past saturation swing by up to
+    # +-30% (CI saw 246, 237, 314, 387 tok/s at concurrency 2-16 with 2 sequences running): a 30% gain threshold.
+    cfg = LoadConfig(url=server.base_url, api_key=KEY, workload=wl, max_requests=24, warmup_requests=2,
+                     shape=Sweep(levels=(1, 2, 4, 8, 16, 32), saturation_gain=0.3),
+                     slo=Slo(ttft_p99_s=30, tpot_p99_s=1), target_tokens_per_day=1e9)  # fmt: skip
     res = run_load(cfg)
     assert not res.partial
     sat = res.sweep["saturation"]
@@ -63,8 +65,8 @@ def test_sweep_finds_saturation_and_tokens_per_day(server: Server, model_dir: Pa
     assert res.sweep["stopped"].startswith("saturated") and len(res.levels) < 6
     assert res.capacity["tokens_per_day"] > 0 and res.capacity["replicas"] >= 1
     for lv in res.levels:
-        assert lv["ok"] == 16 and lv["completion_tokens"] == 16 * 24  # ignore_eos: exact lengths
-        assert lv["prompt_tokens"] > 16 * 16  # the user text plus the chat template's tokens
+        assert lv["ok"] == 24 and lv["completion_tokens"] == 24 * 24  # ignore_eos: exact lengths
+        assert lv["prompt_tokens"] > 24 * 16  # the user text plus the chat template's tokens
     exact(res)
 
 
