@@ -185,7 +185,8 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
 def command_line() -> str:
     """How this script was started, as a user would type it (`python -m pkg.mod ...` when run with -m)."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    head = ["python", "-m", spec.name] if spec is not None else ["python", sys.argv[0]]
+    name = spec.name.removesuffix(".__main__") if spec is not None else None  # a package run as `-m pkg`
+    head = ["python", "-m", name] if name else ["python", sys.argv[0]]
     return shlex.join([*head, *sys.argv[1:]])
 
 
