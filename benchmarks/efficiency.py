@@ -1,6 +1,6 @@
 """Token efficiency of the mini-Chimera children against their parents, served by chimera-serve.
 
-    python -m benchmarks.efficiency [--n 200] [--concurrency 8] [--rounds 6] [--transition-lambda 0.55]
+    python -m benchmarks.efficiency [--n 200] [--concurrency 8] [--rounds 8] [--transition-lambda 0.55]
 
 The lab's mini version of "R1T2 answers ~20% shorter than R1": the same held-out additions (merge/lab/task.py),
 greedy, at the same load (`--concurrency` streams, closed loop) through `chimera-serve`, for
@@ -21,6 +21,7 @@ Writes benchmarks/results/efficiency-lab.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -96,11 +97,14 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> str | None:
     ax[1].bar([i + 0.2 for i in x], [table[n]["accuracy"] for n in names], 0.4, label="accuracy")
     ax[1].set_ylim(0, 1.05)
     ax[1].set_title("think rate and accuracy")
-    ax[2].bar([i - 0.2 for i in x], [table[n]["requests_s"] for n in names], 0.4, label="answers/s")
-    ax[2].bar(
-        [i + 0.2 for i in x], [table[n]["correct_answers_s"] for n in names], 0.4, label="correct answers/s"
-    )
-    ax[2].set_title("answers per second at the same load")
+    ans = [table[n]["answers_s_vs_r1"] for n in names]
+    correct = [
+        a * table[n]["accuracy"] / table["mini-r1"]["accuracy"] for a, n in zip(ans, names, strict=True)
+    ]
+    ax[2].bar([i - 0.2 for i in x], ans, 0.4, label="answers/s")
+    ax[2].bar([i + 0.2 for i in x], correct, 0.4, label="correct answers/s")
+    ax[2].axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax[2].set_title("answers/s at the same load, x mini-r1 (paired rounds)")
     for axis in ax:
         axis.set_xticks(list(x), [n.replace(" (", "\n(") for n in names], fontsize=8)
         axis.legend(fontsize=8)
@@ -109,6 +113,14 @@ def plot(table: dict[str, dict[str, Any]], path: Path) -> str | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return None
+
+
+def md_header(data: dict[str, Any]) -> str:
+    """The Markdown head `write_results` wrote for this JSON (command, date, machine), for --report-only."""
+    m = data["machine"]
+    return (f"# efficiency-lab\n\n- command: `{data['command']}`\n- date: {data['date_utc']}\n- machine: {m['cpu']}, "
+            f"{m['nproc']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, load average at the end "
+            f"{m['loadavg_1_5_15']}\n\n")  # fmt: skip
 
 
 def report(table: dict[str, dict[str, Any]], a: argparse.Namespace, plot_note: str | None) -> str:
@@ -122,8 +134,8 @@ def report(table: dict[str, dict[str, Any]], a: argparse.Namespace, plot_note: s
         for n, t in table.items()
     ]  # fmt: skip
     headers = ["model", "think rate", "accuracy", "reasoning tok", "answer tok", "output tok", "x mini-r1",
-               "output tok/s", "answers/s", "correct answers/s", "answers/s x mini-r1 (paired)", "e2e p50 ms",
-               "server counts = client", "load avg"]  # fmt: skip
+               "output tok/s (median round)", "answers/s (median round)", "correct answers/s (median round)",
+               "answers/s x mini-r1 (paired)", "e2e p50 ms", "server counts = client", "load avg"]  # fmt: skip
     children = [n for n in table if "child" in n]
     lines = [
         f"{a.n} held-out additions per round, greedy, max 64 tokens, {a.concurrency} concurrent streams (closed "
@@ -172,11 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.efficiency", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=200, help="held-out prompts per round")
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=6, help="rounds per model, each paired with one of mini-r1")
+    p.add_argument("--rounds", type=int, default=8, help="rounds per model, each paired with one of mini-r1")
     p.add_argument("--transition-lambda", type=float, default=0.55)
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "chimera-efficiency")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--report-only", action="store_true", help="redraw the PNG and Markdown from the JSON")
     a = p.parse_args(argv)
+    if a.report_only:
+        data = json.loads((a.out / "efficiency-lab.json").read_text())
+        a.n, a.concurrency, a.rounds = data["n"], data["concurrency"], data["rounds"]
+        md = report(data["models"], a, plot(data["models"], a.out / "efficiency-lab.png"))
+        (a.out / "efficiency-lab.md").write_text(md_header(data) + md + "\n")
+        print(md)
+        return 0
     a.work.mkdir(parents=True, exist_ok=True)
     table: dict[str, dict[str, Any]] = {}
     ref_rounds: list[dict] = []
@@ -184,9 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     extra = ("--max-queued", str(a.concurrency))
     all_models = models(a.work, a.transition_lambda)
     with chimera_serve(all_models.pop("mini-r1"), logs, *extra, name="mini-r1") as r1:
+        measure(r1.base_url, "mini-r1", a.n, a.concurrency)  # warm-up round, not recorded (see below)
         for name, model in all_models.items():
             served = name.split(" (")[0].replace(" ", "-")
             with chimera_serve(model, logs, *extra, name=served) as srv:
+                # A fresh engine's first rounds run slower (its KV cache pages are touched for the first time),
+                # which would bias the pairing against the new model: one unrecorded round first.
+                measure(srv.base_url, served, a.n, a.concurrency)
                 mine, ref = paired((r1.base_url, "mini-r1"), (srv.base_url, served), a)
             ref_rounds += ref
             table[name] = {**with_ratios(mine, ref), "model_dir": str(model), "rounds": mine}
@@ -198,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     note = plot(table, a.out / "efficiency-lab.png")
     md = report(table, a, note)
-    write_results("efficiency-lab", {"models": table}, md, results_dir=a.out)
+    run = {"n": a.n, "concurrency": a.concurrency, "rounds": a.rounds}
+    write_results("efficiency-lab", {**run, "models": table}, md, results_dir=a.out)
     print(md)
     return 0
 
