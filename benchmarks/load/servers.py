@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks._common import free_port, stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 LAB_MODELS = REPO / "merge" / "lab" / "models"
-DEMO_RECIPE = REPO / "merge" / "recipes" / "mini-chimera.yaml"
 START_TIMEOUT_S = 600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -44,13 +37,7 @@ class Server:
         return self.log_path.read_text(errors="replace")[-n:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def _get(url: str) -> int:
@@ -124,23 +111,6 @@ def fake_server(*args: str) -> Iterator[Server]:
     finally:
         srv.stop()
         proc.stdout.close()
-
-
-def build_demo_child(out: Path) -> Path:
-    """The demo child (merge/recipes/mini-chimera.yaml: every tensor 35% mini-v3 + 65% mini-r1) into `out`."""
-    if not (out / "config.json").is_file():
-        cmd = [
-            sys.executable,
-            "-m",
-            "merge.cli",
-            "build",
-            str(DEMO_RECIPE),
-            "--out",
-            str(out),
-            "--no-progress",
-        ]
-        subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=600)
-    return out
 
 
 def build_lambda_child(lam: float, out: Path) -> Path:

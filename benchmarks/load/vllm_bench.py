@@ -38,10 +38,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import markdown_table, write_results
+from benchmarks._common import build_demo_child, markdown_table, write_results
 from benchmarks.load.config import Fixed, SyntheticWorkload
 from benchmarks.load.generator_bench import proc_cpu_s, run_delay_s
-from benchmarks.load.servers import REPO, build_demo_child, chimera_serve, vllm_server
+from benchmarks.load.servers import REPO, chimera_serve, vllm_server
 from benchmarks.load.workload import synthetic_prompts, write_sharegpt
 from benchmarks.serve_vs_vllm import median_ci
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import markdown_table, write_results
-from benchmarks.load.servers import REPO, build_demo_child
+from benchmarks._common import build_demo_child, markdown_table, write_results
+from benchmarks.load.servers import REPO
 from benchmarks.reliability import scenarios
 from benchmarks.reliability.harness import Outcome, adopt_orphans
 from benchmarks.reliability.schema import schemathesis

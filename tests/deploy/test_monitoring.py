@@ -21,7 +21,8 @@ import httpx
 import yaml
 from deploy_helpers import one
 
-from benchmarks.proxy_cluster import envoy_config, free_port
+from benchmarks._common import free_port
+from benchmarks.proxy_cluster import envoy_config
 from chimera_serve.metrics import ServerMetrics
 
 NAME = re.compile(r"\b(chimera_\w+|vllm:\w+|envoy_\w+|chimera:[\w:]+)")

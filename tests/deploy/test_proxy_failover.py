@@ -20,12 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks._common import build_demo_child
 from benchmarks.proxy_cluster import (
     API_KEY,
     MODEL_NAME,
     Load,
     ProxyCluster,
-    build_demo_child,
     sigterm_mid_stream,
     wait_exit,
 )

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks._common import free_port
 from benchmarks.load import Concurrency, Fixed, LoadConfig, Rate, Sweep, SyntheticWorkload, run_load
 from benchmarks.load.cli import main
-from benchmarks.load.servers import REPO, fake_server, free_port
+from benchmarks.load.servers import REPO, fake_server
 
 SMALL = SyntheticWorkload(input_len=Fixed(value=8), output_len=Fixed(value=20))
 

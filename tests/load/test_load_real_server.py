@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks._common import build_demo_child
 from benchmarks.load import (
     Concurrency,
     EndpointError,
@@ -21,7 +22,7 @@ from benchmarks.load import (
     SyntheticWorkload,
     run_load,
 )
-from benchmarks.load.servers import Server, build_demo_child, chimera_serve
+from benchmarks.load.servers import Server, chimera_serve
 
 pytestmark = pytest.mark.engine
 KEY = "load-test-key-0123456789"

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from benchmarks._common import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-0123456789abcdef"
@@ -36,12 +37,6 @@ MAX_BODY_BYTES = 64 * 1024
 START_TIMEOUT_S = 900  # an idle 2-core machine needs ~1 min; a loaded one many times that
 DRAIN_GRACE_S = 8
 MAX_OUTPUT_MARGIN = 60  # the advertised max_output_length is the context less this (below long_request's ask)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
