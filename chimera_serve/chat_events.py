@@ -166,30 +166,30 @@ async def stream(
 async def collect(
     rec: RequestRecord, req: ChatCompletionRequest, pieces: AsyncIterator[Piece | None]
 ) -> ChatCompletion:
-    reasoning = [""] * req.n
-    content = [""] * req.n
+    reasoning: list[list[str]] = [[] for _ in range(req.n)]  # parts, joined once: += on a list item copies
+    content: list[list[str]] = [[] for _ in range(req.n)]
     finish: list[str | None] = [None] * req.n
     lps: list[list[TokenLogprob]] = [[] for _ in range(req.n)]
     calls: list[list[ToolCall]] = [[] for _ in range(req.n)]
     async for p in pieces:
         if p is None:
             continue
-        reasoning[p.index] += p.reasoning
-        content[p.index] += p.content
+        reasoning[p.index].append(p.reasoning)
+        content[p.index].append(p.content)
         lps[p.index] += p.logprobs
         calls[p.index] += p.tool_calls
         finish[p.index] = p.finish_reason or finish[p.index]
     rec.finish_reason = finish[0]
-    show = req.show_reasoning and rec.outcome is not None
     choices = []
     for i in range(req.n):
-        r = reasoning[i] if show and reasoning[i] else None
+        text, thought = "".join(content[i]), "".join(reasoning[i])
+        r = thought if req.show_reasoning and thought else None
         tool_calls = [
             ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
             for c in calls[i]
         ]
         msg = AssistantMessage(
-            content=(content[i] or None) if tool_calls else content[i],
+            content=(text or None) if tool_calls else text,
             reasoning_content=r,
             reasoning=r,
             tool_calls=tool_calls or None,

@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from chimera_serve import vllm_compat
 from chimera_serve.constrain import Constraint, ThinkMode, think_mode
 from chimera_serve.engine import Engine
 from chimera_serve.errors import BadRequestError
@@ -99,8 +98,9 @@ def prepare(engine: Engine, req: ChatCompletionRequest, max_output_length: int |
     if budget is not None:
         if not engine.features.thinking_budget:
             raise BadRequestError(
-                f"a reasoning budget (reasoning.max_tokens or effort) needs vLLM's thinking_token_budget "
-                f"(vLLM >= {vllm_compat.OLDEST_SUPPORTED}); this server runs vLLM {engine.features.vllm_version}",
+                f"a reasoning budget (reasoning.max_tokens or effort) needs vLLM's thinking_token_budget and "
+                f"reasoning_config, which this server's vLLM {engine.features.vllm_version} lacks; send the "
+                f"request without reasoning.max_tokens and effort",
                 param="reasoning",
             )
         values["thinking_token_budget"] = budget

@@ -131,12 +131,13 @@ def _engine_setup(settings: ServeSettings) -> None:
     from chimera_serve.hardware import HardwareError, apply_engine_env
 
     try:
-        added = apply_engine_env(settings.tensor_parallel_size * settings.pipeline_parallel_size)
+        ranks = settings.tensor_parallel_size * settings.pipeline_parallel_size * settings.data_parallel_size
+        added = apply_engine_env(ranks)
         engine_args(settings)
     except (EngineConfigError, HardwareError) as e:
         _fail(str(e))
     if added:
-        log.info("CPU engine defaults: %s", " ".join(f"{k}={v}" for k, v in sorted(added.items())))
+        log.info("engine environment defaults: %s", " ".join(f"{k}={v}" for k, v in sorted(added.items())))
 
 
 def _serve(settings: ServeSettings, sock: socket.socket) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,12 +232,14 @@ class Engine:
 
         params.output_kind = RequestOutputKind.DELTA
         started = False
+        outputs = self._llm.generate(compat.tokens_prompt(prompt_ids), params, request_id)
         try:
-            async for out in self._llm.generate(compat.tokens_prompt(prompt_ids), params, request_id):
-                started = True
-                for c in out.outputs:
-                    lps = self._logprobs(c.token_ids, c.logprobs) if c.logprobs else []
-                    yield Delta(c.index, c.text, len(c.token_ids), c.finish_reason, lps)
+            async with aclosing(outputs):  # closed here, not at garbage collection: vLLM aborts it then
+                async for out in outputs:
+                    started = True
+                    for c in out.outputs:
+                        lps = self._logprobs(c.token_ids, c.logprobs) if c.logprobs else []
+                        yield Delta(c.index, c.text, len(c.token_ids), c.finish_reason, lps)
         except (ValueError, TypeError, OverflowError) as e:
             if started or not self._legacy_errors or isinstance(e, self._client_errors):
                 raise
@@ -257,6 +260,10 @@ class Engine:
         if lp is not None and lp.decoded_token is not None:
             return lp.decoded_token
         return self.tokenizer.decode([tid])
+
+    async def log_stats(self) -> None:
+        """Have vLLM's stat loggers log and reset what they gathered since the last call."""
+        await self._llm.do_log_stats()
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)

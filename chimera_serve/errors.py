@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("chimera_serve.errors")
@@ -136,6 +138,25 @@ def error_response(metrics: Any, path: str, err: ServeError) -> JSONResponse:
             json.dumps({"event": "rejected", "endpoint": path, "status": err.status, "error": err.type})
         )
     return JSONResponse(error_body(err), status_code=err.status, headers=err.headers())
+
+
+class ServeRoute(APIRoute):
+    """A route whose unexpected exceptions become a `ServeError` before they leave it: answered by the
+    `ServeError` handler and logged once (an `Exception` handler answers from Starlette's outermost
+    middleware, which re-raises, so the server would log the traceback a second time)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (ServeError, RequestValidationError, StarletteHTTPException):
+                raise
+            except Exception as e:
+                raise to_serve_error(e) from None
+
+        return handle
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -10,6 +10,7 @@ restarts it. A failed load ends the process the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+from chimera_serve import vllm_compat as compat
 from chimera_serve.config import ServeSettings
 from chimera_serve.engine import Engine
 from chimera_serve.errors import UnavailableError
@@ -71,6 +73,7 @@ class EngineHost:
         self.server: Server | None = None
         self.failure: str | None = None
         self._dead = False
+        self._engine: Engine | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -101,18 +104,28 @@ class EngineHost:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Engine] = loop.create_future()
 
+        def deliver(engine: Engine) -> None:
+            if done.done():  # the host stopped while the model loaded: nobody will serve this engine
+                engine.shutdown()
+            else:
+                done.set_result(engine)
+
         def load() -> None:  # a daemon thread: a SIGTERM during a long load must not wait for it
             try:
                 engine = self._factory(self.settings)
             except BaseException as e:  # every failure ends the process with one line
                 failed = e if isinstance(e, Exception) else RuntimeError(f"{type(e).__name__}: {e}")
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(failed))
-            else:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(engine))
+                with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone already
+                    loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(failed))
+                return
+            try:
+                loop.call_soon_threadsafe(deliver, engine)
+            except RuntimeError:  # the loop is closed
+                engine.shutdown()
 
         threading.Thread(target=load, name="engine-load", daemon=True).start()
         try:
-            engine = await done
+            engine = self._engine = await done
         except Exception as e:
             self.failure = describe(e)
             log.error("the engine failed to start: %s", self.failure)
@@ -130,6 +143,11 @@ class EngineHost:
         capacity = engine.limits.max_num_seqs + (
             s.max_queued if s.max_queued is not None else engine.limits.max_num_seqs
         )
+        # As vLLM's own server does after start-up: the millions of objects vLLM, torch and transformers
+        # allocated stay out of every later full collection (each one would pause all streams for a while).
+        # Before the first request is admitted, so no request waits behind this one long collection.
+        gc.collect()
+        gc.freeze()
         self.server = Server(s, engine, self.metrics, Admission(capacity))
         log.info(
             "engine ready in %.1f s: %s on vLLM %s, context %d, max_num_seqs %d, capacity %d, tools %s, thinks %s",
@@ -138,11 +156,15 @@ class EngineHost:
             "yes" if engine.thinks else "no",
         )  # fmt: skip
         log.info("%s", call_hint(s))
-        # As vLLM's own server does after start-up: the millions of objects vLLM, torch and transformers
-        # allocated stay out of every later full collection (each one would pause all streams for a while).
-        gc.collect()
-        gc.freeze()
         self._tasks.append(asyncio.create_task(self._watch(engine)))
+        self._tasks.append(asyncio.create_task(self._log_stats(engine)))
+
+    async def _log_stats(self, engine: Engine) -> None:
+        """vLLM's periodic engine log line (throughput, KV-cache use, MTP acceptance), as its own server runs
+        it: vLLM's logging stat logger accumulates per-step figures until they are logged (MTP's per step)."""
+        while True:
+            await asyncio.sleep(compat.log_stats_interval_s())
+            await engine.log_stats()
 
     async def _watch(self, engine: Engine) -> None:
         while engine.healthy:
@@ -158,3 +180,5 @@ class EngineHost:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.server is not None:
             self.server.close()
+        elif self._engine is not None:  # stopped during the start-up probe: the engine runs, with no server
+            self._engine.shutdown()

@@ -9,6 +9,7 @@ disconnect is still seen.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ class Guard:
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             return await self.app(scope, receive, send)
+        scope.setdefault("state", {})["arrival"] = time.monotonic()  # TTFT and e2e count from here
         headers = dict(scope.get("headers") or [])
         if self.keys and not bearer_matches(headers.get(b"authorization", b"").decode("latin-1"), self.keys):
             err: ServeError = AuthenticationError(
@@ -35,12 +37,11 @@ class Guard:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._refuse(scope, receive, send, too_large)
-        body, more, first = b"", True, None
+        body, more = bytearray(), True  # bytearray: a body sent in many small chunks is not copied each time
         while more:
             message = await receive()
-            if message["type"] != "http.request":  # the client left while sending
-                first = message
-                break
+            if message["type"] != "http.request":  # the client left while sending: nobody to answer
+                return None
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
@@ -51,7 +52,7 @@ class Guard:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return first or {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
             return await receive()
 
         return await self.app(scope, replay, send)

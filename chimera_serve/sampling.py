@@ -35,14 +35,21 @@ class Limits:
     max_output_length: int | None = None
 
 
-def token_budget(requested: int | None, prompt_tokens: int, max_model_len: int, default: int | None) -> int:
-    """Output tokens allowed: the request's (or the model's default) capped to the context left."""
+def token_budget(
+    requested: int | None,
+    prompt_tokens: int,
+    max_model_len: int,
+    default: int | None,
+    param: str = "messages",
+) -> int:
+    """Output tokens allowed: the request's (or the model's default) capped to the context left; `param` names
+    the prompt's field in the 400 when nothing is left."""
     left = max_model_len - prompt_tokens
     if left < 1:
         raise ContextLengthError(
             f"the prompt has {prompt_tokens} tokens but the model's context is {max_model_len} tokens, "
             f"leaving no room for output; shorten the prompt",
-            param="messages",
+            param=param,
         )
     wanted = requested if requested is not None else default
     return left if wanted is None else min(wanted, left)
@@ -96,7 +103,8 @@ def sampling_values(
     values: dict[str, Any] = {k: v for k, v in defaults.items() if k in _SAMPLING_KEYS}
     values.update({k: getattr(req, k) for k in _SAMPLING_KEYS if getattr(req, k) is not None})
     requested = req.token_limit if isinstance(req, ChatCompletionRequest) else req.max_tokens
-    budget = token_budget(requested, prompt_tokens, limits.max_model_len, limits.default_max_tokens)
+    param = "messages" if isinstance(req, ChatCompletionRequest) else "prompt"
+    budget = token_budget(requested, prompt_tokens, limits.max_model_len, limits.default_max_tokens, param)
     values["max_tokens"] = min(budget, limits.max_output_length) if limits.max_output_length else budget
     values["n"], values["stop"] = req.n, req.stop_list or None
     if req.logit_bias:

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from chimera_serve.config import ServeSettings
@@ -50,15 +51,24 @@ class Admission:
         self.in_flight = 0
         self.draining = False
 
-    def enter(self) -> None:
+    def check(self) -> None:
+        """Raise the 503 or 429 that `enter` would, without entering."""
         if self.draining:
             raise UnavailableError("the server is shutting down; retry on another replica")
         if self.in_flight >= self.capacity:
             raise OverloadedError(f"the server is at capacity ({self.capacity} requests); retry shortly")
+
+    def enter(self) -> None:
+        self.check()
         self.in_flight += 1
 
     def leave(self) -> None:
         self.in_flight -= 1
+
+
+def new_request_id(prefix: str) -> str:
+    """OpenAI's form: `chatcmpl-...` for chat completions, `cmpl-...` for completions."""
+    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 @dataclass
@@ -68,7 +78,7 @@ class RequestRecord:
     endpoint: str
     model: str
     prompt_tokens: int
-    request_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    request_id: str = field(default_factory=lambda: new_request_id("chatcmpl"))
     arrival: float = field(default_factory=time.monotonic)
     status: int = 200
     finish_reason: str | None = None
@@ -108,13 +118,14 @@ class Server:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._prep, fn, *args)
 
+    def precheck(self) -> None:
+        """Refuse at once (429 / 503) a request that could not be admitted now, before its prompt is prepared:
+        under a 429 storm, rendering and tokenizing prompts only to refuse them would take the loop's time."""
+        self.admission.check()
+
     def admit(self, rec: RequestRecord) -> None:
-        try:
-            self.admission.enter()
-        except ServeError as e:
-            e.counted = True  # type: ignore[attr-defined]
-            self.metrics.request_rejected(endpoint=rec.endpoint, status=e.status)
-            raise
+        """Count `rec` in (429 / 503 when it cannot be: the error handler counts and logs those)."""
+        self.admission.enter()
         self.records[rec.request_id] = rec
         self.metrics.request_started()
         rec.queued = True
@@ -157,6 +168,7 @@ class Server:
         timer = loop.call_later(self.settings.request_timeout_s, on_timeout)
         first = asyncio.ensure_future(stream.__anext__())
         last = None
+        unfinished = getattr(params, "n", 1)  # choices still running: once 0, a late abort changes nothing
         try:
             # 1. Queued: wait for the first delta a keepalive tick at a time (asyncio.wait never cancels it).
             while not (await asyncio.wait({first}, timeout=self.settings.keepalive_interval_s))[0]:
@@ -175,10 +187,14 @@ class Server:
                 self.metrics.record_tokens(item.num_tokens, None if last is None else now - last)
                 last = now
                 rec.completion_tokens += item.num_tokens
+                if item.finish_reason is not None:
+                    unfinished -= 1
+                    if unfinished == 0:  # complete: a timeout or drain from now on must not spoil it
+                        timer.cancel()
                 yield item
                 item = await stream.__anext__()
         except StopAsyncIteration:
-            stopped = self._stopped(rec, timed_out)
+            stopped = self._stopped(rec, timed_out) if unfinished > 0 else None
             if stopped is not None:
                 raise stopped from None
             return
@@ -191,7 +207,7 @@ class Server:
             self._dequeue(rec)
             if not first.done():
                 first.cancel()
-                await asyncio.gather(first, return_exceptions=True)
+                await asyncio.wait({first})  # unlike gather, a cancel of ours does not cut vLLM's abort short
             await stream.aclose()
 
     def finish(self, rec: RequestRecord) -> None:
@@ -240,6 +256,11 @@ class Server:
                 f"model {model!r} is not served here; this server serves {self.settings.model_name!r}",
                 param="model",
             )
+
+
+def arrival_of(request: Request) -> float:
+    """When the request came in (stamped by the Guard before its body was read), for TTFT and e2e."""
+    return request.scope.get("state", {}).get("arrival") or time.monotonic()
 
 
 async def request_chars(request: Any) -> int:
@@ -299,10 +320,11 @@ async def collect_response(
         srv.finish(rec)
 
 
-async def watch_disconnect(request: Any, work: asyncio.Task[Any], every_s: float = 0.25) -> None:
-    """Cancel `work` when the HTTP client goes away (non-streaming requests)."""
+async def watch_disconnect(request: Request, work: asyncio.Task[Any]) -> None:
+    """Cancel `work` when the HTTP client goes away (non-streaming requests): the server's next message on
+    a request whose body was read is the disconnect, so waiting for it costs nothing (as vLLM's server)."""
     while not work.done():
-        if await request.is_disconnected():
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
             work.cancel()
             return
-        await asyncio.sleep(every_s)

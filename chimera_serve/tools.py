@@ -113,7 +113,7 @@ class ToolCallCollector:
     extract: Extractor | None = None  # auto mode: the engine's tool parser
     named: str | None = None
     _held: str = ""
-    _sent: str = ""
+    _sent: list[str] = field(default_factory=list)  # content passed on, in parts (joined once, at finish)
     _in_calls: bool = False
     calls: list[ToolCall] = field(default_factory=list)
 
@@ -133,7 +133,7 @@ class ToolCallCollector:
         else:
             keep = _partial_suffix(self._held, TOOL_CALLS_BEGIN)
             out, self._held = self._held[: len(self._held) - keep], self._held[len(self._held) - keep :]
-        self._sent += out
+        self._sent.append(out)
         return out
 
     def finish(self) -> str:
@@ -146,12 +146,12 @@ class ToolCallCollector:
             return "" if self.calls else held
         if not self._in_calls or self.extract is None:
             return held
-        found = self.extract(self._sent + held)
+        sent = "".join(self._sent)
+        found = self.extract(sent + held)
         self.calls = list(found.calls)
         if not self.calls:  # a marker with nothing parseable after it: the text is content after all
             return held
-        tail = (found.content or "")[len(self._sent) :]
-        return tail
+        return (found.content or "")[len(sent) :]
 
 
 def tool_call_dicts(calls: list[ToolCall], start: int = 0) -> list[dict[str, Any]]:

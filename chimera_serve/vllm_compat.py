@@ -24,8 +24,6 @@ import importlib
 import typing
 from typing import Any
 
-OLDEST_SUPPORTED = "0.25"  # the `gpu` extra's lower bound
-
 
 @functools.cache
 def version() -> str:
@@ -60,6 +58,8 @@ def engine_arg_fields() -> dict[str, Any]:
 def literal_choices(field: str) -> list[str] | None:
     """The values this release accepts for engine argument `field` when it is a Literal, else None."""
     annotation = engine_arg_fields().get(field)
+    if str in typing.get_args(annotation):  # any string goes (e.g. `str | Literal[...]`): vLLM decides
+        return None
     for arg in (annotation, *typing.get_args(annotation)):
         if typing.get_origin(arg) is typing.Literal:
             return [str(v) for v in typing.get_args(arg)]
@@ -82,6 +82,12 @@ def speculative_config(num_tokens: int) -> dict[str, Any]:
     flat = {str(m) for a in methods for m in (typing.get_args(a) or (a,))}
     method = "mtp" if "mtp" in flat or not flat else "deepseek_mtp"
     return {"method": method, "num_speculative_tokens": num_tokens}
+
+
+def log_stats_interval_s() -> float:
+    """How often vLLM's own server has the engine log its stats (`VLLM_LOG_STATS_INTERVAL`, 10 s)."""
+    envs = _first_import("vllm:envs")
+    return float(getattr(envs, "VLLM_LOG_STATS_INTERVAL", 10.0))
 
 
 def usage_context() -> Any:

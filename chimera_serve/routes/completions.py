@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from chimera_serve.engine import Engine, TokenLogprob
-from chimera_serve.errors import BadRequestError, error_body, to_serve_error
+from chimera_serve.errors import BadRequestError, ServeRoute, error_body, to_serve_error
 from chimera_serve.openapi import route_responses
 from chimera_serve.protocol import (
     ChunkWriter,
@@ -27,9 +27,17 @@ from chimera_serve.protocol import (
 )
 from chimera_serve.reasoning import ThinkSplitter, prompt_opens_think
 from chimera_serve.sampling import Limits, sampling_values
-from chimera_serve.serving import EventStream, RequestRecord, Server, collect_response, request_chars
+from chimera_serve.serving import (
+    EventStream,
+    RequestRecord,
+    Server,
+    arrival_of,
+    collect_response,
+    new_request_id,
+    request_chars,
+)
 
-router = APIRouter()
+router = APIRouter(route_class=ServeRoute)
 ENDPOINT = "/v1/completions"
 
 
@@ -94,18 +102,18 @@ async def _stream(
 
 
 async def _collect(rec: RequestRecord, req: CompletionRequest, deltas: AsyncIterator[Any]) -> Completion:
-    text = [""] * req.n
+    text: list[list[str]] = [[] for _ in range(req.n)]  # parts, joined once: += on a list item copies
     finish: list[str | None] = [None] * req.n
     lps: list[list[TokenLogprob]] = [[] for _ in range(req.n)]
     async for d in deltas:
         if d is not None:
-            text[d.index] += d.text
+            text[d.index].append(d.text)
             lps[d.index] += d.logprobs
             finish[d.index] = d.finish_reason or finish[d.index]
     choices = [
         CompletionChoice(
             index=i,
-            text=text[i],
+            text="".join(text[i]),
             finish_reason=finish[i],
             logprobs=_logprobs(lps[i], req.logprobs or 0) if req.logprobs is not None else None,
         )
@@ -139,14 +147,19 @@ async def completions(req: CompletionRequest, request: Request) -> Response | Co
     srv.check_model(req.model)
     if req.echo:
         raise BadRequestError("echo is not supported", param="echo")
+    srv.precheck()
     prompt, ids, values = await srv.prepare(
         await request_chars(request), _prepare, srv.engine, req, srv.settings.max_output_length
     )
     params = srv.engine.sampling_params(values)
     rec = RequestRecord(
-        ENDPOINT, srv.settings.model_name, len(ids), prompt=prompt if srv.settings.log_prompts else None
+        ENDPOINT,
+        srv.settings.model_name,
+        len(ids),
+        request_id=new_request_id("cmpl"),
+        arrival=arrival_of(request),
+        prompt=prompt if srv.settings.log_prompts else None,
     )
-    rec.request_id = rec.request_id.replace("chatcmpl-", "cmpl-")
     srv.admit(rec)
     deltas = _deltas(srv, rec, prompt, ids, params)
     if req.stream:

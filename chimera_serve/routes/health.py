@@ -13,9 +13,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from chimera_serve.errors import ServeRoute
 from chimera_serve.lifecycle import EngineHost
 
-router = APIRouter()
+router = APIRouter(route_class=ServeRoute)
 
 
 class Health(BaseModel):

@@ -9,10 +9,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from chimera_serve.engine import EngineFeatures
+from chimera_serve.errors import ServeRoute
 from chimera_serve.openapi import route_responses
 from chimera_serve.protocol import ModelCard, ModelList, ModelPricing
 
-router = APIRouter()
+router = APIRouter(route_class=ServeRoute)
 
 SAMPLING = [
     "temperature", "top_p", "top_k", "min_p", "stop", "seed", "presence_penalty", "frequency_penalty",

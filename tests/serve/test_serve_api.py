@@ -288,6 +288,18 @@ def test_request_log_line(server: RunningServer, oai: openai.OpenAI) -> None:
     assert secret not in server.log()  # no prompts unless --log-prompts
 
 
+def test_engine_stats_are_logged_periodically(server: RunningServer, oai: openai.OpenAI) -> None:
+    """As vLLM's own server: every VLLM_LOG_STATS_INTERVAL (10 s) the engine logs its throughput (and its
+    stat logger resets what it gathered, which would otherwise grow with every engine step)."""
+    oai.chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": "1+1"}], max_tokens=8
+    )
+    deadline = time.monotonic() + 25
+    while "Avg generation throughput" not in server.log():
+        assert time.monotonic() < deadline, "no engine stats line in 25 s"
+        time.sleep(0.5)
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 
@@ -390,6 +402,8 @@ def test_bounded_queue_429_and_keepalive(server: RunningServer) -> None:
     assert err["type"] == "rate_limit_error" and int(over.headers["Retry-After"]) >= 1
     assert any(f == ": PROCESSING" for f in firsts), firsts  # queued streams got keepalive comments
     wait_idle(server)  # the clients hung up mid-stream: every engine request was aborted
+    rejected = [json.loads(ln) for ln in server.log().splitlines() if '"event": "rejected"' in ln]
+    assert any(r["status"] == 429 for r in rejected)  # the access log has the refusal too
 
 
 def test_stream_disconnect_aborts(server: RunningServer) -> None:

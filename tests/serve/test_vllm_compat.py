@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import types
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,16 @@ def test_unfinished_requests_through_the_output_processor() -> None:
     """0.25's AsyncLLM has no get_num_unfinished_requests(); its output processor has, in every release."""
     llm = types.SimpleNamespace(output_processor=types.SimpleNamespace(get_num_unfinished_requests=lambda: 3))
     assert compat.num_unfinished(llm) == 3
+
+
+def test_a_string_in_the_union_accepts_any_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    fields = {
+        "backend": str | typing.Literal["mp", "ray"] | None,
+        "kind": typing.Literal["a", "b"] | None,
+    }
+    monkeypatch.setattr(compat, "engine_arg_fields", lambda: fields)
+    assert compat.literal_choices("backend") is None  # vLLM takes any string (e.g. a class path) here
+    assert compat.literal_choices("kind") == ["a", "b"]
 
 
 def test_engine_argument_values_come_from_the_release() -> None:
