@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -69,7 +70,10 @@ def json_constraint(schema: dict[str, Any] | None, mode: ThinkMode) -> Constrain
     Raises ValueError for a schema xgrammar cannot compile (the route answers 400).
     """
     if mode == "closed":
-        return Constraint(json_object=True) if schema is None else Constraint(json=schema)
+        if schema is None:
+            return Constraint(json_object=True)
+        _schema_grammar(json.dumps(schema, sort_keys=True))  # refused here, before a stream's 200 is sent
+        return Constraint(json=schema)
     key = json.dumps(schema if schema is not None else OBJECT_SCHEMA, sort_keys=True)
     return Constraint(grammar=_think_then_json(key, mode))
 
@@ -78,14 +82,23 @@ OBJECT_SCHEMA = {"type": "object"}  # what vLLM compiles for json_object
 
 
 @functools.lru_cache(maxsize=256)
-def _think_then_json(schema_json: str, mode: ThinkMode) -> str:
+def _schema_grammar(schema_json: str) -> Any:
+    """xgrammar's grammar of a JSON schema, compact (no free whitespace, for the same reason as the newlines
+    above); ValueError with xgrammar's reason for a schema it cannot compile."""
     import xgrammar as xgr
 
     try:
-        # Compact JSON (no free whitespace) for the same reason as the newlines above.
-        body = xgr.Grammar.from_json_schema(schema_json, any_whitespace=False)
-    except Exception as e:  # xgrammar raises RuntimeError/ValueError with its reason
-        raise ValueError(f"the JSON schema cannot be compiled: {str(e).splitlines()[0]}") from None
+        return xgr.Grammar.from_json_schema(schema_json, any_whitespace=False)
+    except Exception as e:  # xgrammar raises RuntimeError/ValueError, its reason after "[time] file:line: "
+        reason = re.sub(r"^\[[^]]*\]\s*\S+:\d+:\s*", "", str(e).strip().splitlines()[0])
+        raise ValueError(f"the JSON schema cannot be compiled: {reason}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _think_then_json(schema_json: str, mode: ThinkMode) -> str:
+    import xgrammar as xgr
+
+    body = _schema_grammar(schema_json)
     if mode == "open":
         return str(xgr.Grammar.concat(xgr.Grammar.from_ebnf(OPEN_EBNF), body))
     think = xgr.Grammar.concat(xgr.Grammar.from_ebnf(OPTIONAL_EBNF), body)

@@ -80,6 +80,18 @@ def test_json_mode_on_both_kinds_of_model(lab: RunningServer) -> None:
     else:
         assert msg["reasoning"] and "=" in msg["reasoning"], msg
         assert "reasoning" in features
+    # A schema that cannot compile is a 400 before the stream starts, whether the server or vLLM compiles it.
+    bad = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"$ref": "#/nope"}}}
+    body = {
+        "model": lab.model,
+        "messages": [{"role": "user", "content": "1+1"}],
+        "stream": True,
+        "response_format": bad,
+    }
+    r = httpx.post(
+        f"{lab.base_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert r.status_code == 400 and "cannot be compiled" in r.json()["error"]["message"], r.text
 
 
 def test_zz_engine_death_fails_requests_cleanly_and_ends_the_process(lab: RunningServer) -> None:
