@@ -24,10 +24,8 @@ from chimera_serve.constrain import Constraint, ThinkMode, think_mode
 from chimera_serve.engine import Engine
 from chimera_serve.errors import BadRequestError
 from chimera_serve.protocol import ChatCompletionRequest
-from chimera_serve.reasoning import prompt_opens_think
+from chimera_serve.reasoning import THINK_CLOSE, THINK_OPEN, prompt_opens_think
 from chimera_serve.sampling import Limits, answer_constraint, sampling_values, thinking_budget
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)

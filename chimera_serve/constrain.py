@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from chimera_serve.reasoning import THINK_CLOSE, prompt_opens_think
+
 ThinkMode = Literal["closed", "open", "optional"]
 
 # Text without "</think>"; the rules below then add the tag and the blank lines models put after it.
@@ -54,14 +56,11 @@ class Constraint:
     grammar: str | None = None
 
 
-def think_mode(
-    prompt: str, thinking_off: bool, open_tag: str = "<think>", close_tag: str = "</think>"
-) -> ThinkMode:
+def think_mode(prompt: str, thinking_off: bool) -> ThinkMode:
     """How the answer may start, from the template-rendered prompt and the request's thinking switch."""
-    tail = prompt.rstrip()
-    if thinking_off or tail.endswith(close_tag):
+    if thinking_off or prompt.rstrip().endswith(THINK_CLOSE):
         return "closed"
-    return "open" if tail.endswith(open_tag) else "optional"
+    return "open" if prompt_opens_think(prompt) else "optional"
 
 
 def json_constraint(schema: dict[str, Any] | None, mode: ThinkMode) -> Constraint:

@@ -19,7 +19,8 @@ from typing import Any
 
 from chimera_serve import vllm_compat as compat
 from chimera_serve.config import ServeSettings
-from chimera_serve.errors import BadRequestError
+from chimera_serve.errors import BadRequestError, first_line
+from chimera_serve.reasoning import THINK_OPEN
 from chimera_serve.tools import TOOL_CALLS_BEGIN, ToolCall, ToolExtraction, new_call_id
 
 log = logging.getLogger("chimera_serve.engine")
@@ -188,7 +189,7 @@ class Engine:
                 values = {**values, **compat.structured_outputs_kwargs(c.json, c.json_object, c.grammar)}
             return SamplingParams(**values)
         except (ValueError, *self._client_errors) as e:  # older releases raise a plain ValueError
-            raise BadRequestError(str(e).splitlines()[0] if str(e) else "invalid sampling values") from None
+            raise BadRequestError(first_line(e, "invalid sampling values")) from None
 
     def tool_extractor(self, request_body: dict[str, Any]) -> Any:
         """`text -> ToolExtraction` through vLLM's own deepseek_v3 parser; `request_body` becomes vLLM's own
@@ -220,7 +221,7 @@ class Engine:
             params = self.sampling_params({"max_tokens": 4, "temperature": 0.0})
             async for d in self.generate(f"probe-thinks-{i}", self.encode(prompt), params):
                 text += d.text
-            if text.lstrip().startswith("<think>"):
+            if text.lstrip().startswith(THINK_OPEN):
                 return True
         return False
 
@@ -243,7 +244,7 @@ class Engine:
         except (ValueError, TypeError, OverflowError) as e:
             if started or not self._legacy_errors or isinstance(e, self._client_errors):
                 raise
-            raise BadRequestError(str(e).splitlines()[0] if str(e) else "invalid request") from None
+            raise BadRequestError(first_line(e, "invalid request")) from None
 
     def _logprobs(self, token_ids: Sequence[int], positions: Any) -> list[TokenLogprob]:
         if not positions:
@@ -267,10 +268,6 @@ class Engine:
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)
-
-    def is_client_error(self, exc: BaseException) -> bool:
-        """True when the engine refused the request's values (a 400, not a server fault)."""
-        return isinstance(exc, self._client_errors)
 
     # State ---------------------------------------------------------------------------------------
 

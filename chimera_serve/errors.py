@@ -102,6 +102,12 @@ def error_body(exc: ServeError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
+def first_line(exc: BaseException, default: str) -> str:
+    """The first line of an exception's message (engine errors carry long tails), or `default`."""
+    text = str(exc)
+    return text.splitlines()[0] if text else default
+
+
 def to_serve_error(exc: BaseException) -> ServeError:
     """Map any exception to the tree; unknown ones become a generic 500 (logged, never echoed)."""
     if isinstance(exc, ServeError):
@@ -109,7 +115,7 @@ def to_serve_error(exc: BaseException) -> ServeError:
     from chimera_serve import vllm_compat
 
     if isinstance(exc, vllm_compat.client_error_types()):  # the engine refused the request's values
-        return BadRequestError(str(exc).splitlines()[0] if str(exc) else "invalid request")
+        return BadRequestError(first_line(exc, "invalid request"))
     dead = vllm_compat.engine_dead_type()
     if dead is not None and isinstance(exc, dead):
         return UnavailableError("the engine stopped; retry on another replica", code="engine_dead")

@@ -42,6 +42,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
 ThinkOutcome = Literal["complete", "unclosed", "none"]
 
 # Where the splitter is in the generated text.
@@ -50,7 +52,7 @@ _THINK = "think"  # inside the reasoning section
 _ANSWER = "answer"  # content (after the section, or no section at all)
 
 
-def _partial_tag_len(text: str, tag: str) -> int:
+def partial_tag_len(text: str, tag: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
     # Runs once per streamed token: only a suffix that starts with the tag's first character can qualify,
     # and usually the tail holds none (one `find` instead of a slice and `endswith` per length).
@@ -66,7 +68,7 @@ class ThinkSplitter:
     """Streaming splitter of one completion into (reasoning, content); one instance per choice."""
 
     def __init__(
-        self, *, prompt_opened: bool, open_tag: str = "<think>", close_tag: str = "</think>"
+        self, *, prompt_opened: bool, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE
     ) -> None:
         if not open_tag or not close_tag:
             raise ValueError(
@@ -150,7 +152,7 @@ class ThinkSplitter:
             self._state, self._closed, self._strip_lead = _ANSWER, True, True
             return reasoning
         # Hold a possible partial "</think>" and the whitespace before it (stripped if the tag completes).
-        keep = _partial_tag_len(self._held, self._close)
+        keep = partial_tag_len(self._held, self._close)
         cut = len(self._held[: len(self._held) - keep].rstrip())
         reasoning, self._held = self._held[:cut], self._held[cut:]
         return reasoning
@@ -165,7 +167,7 @@ class ThinkSplitter:
         return content
 
 
-def prompt_opens_think(prompt_text: str, open_tag: str = "<think>", close_tag: str = "</think>") -> bool:
+def prompt_opens_think(prompt_text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> bool:
     """True when the template-rendered prompt leaves a reasoning section open for the model (R1-0528 style).
 
     Looks only at the prompt's tail: it must end with `open_tag` (trailing whitespace allowed). A template

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from chimera_serve.reasoning import partial_tag_len
+
 TOOL_CALLS_BEGIN = "<｜tool▁calls▁begin｜>"  # DeepSeek-V3's marker; the parser needs it in the vocabulary
 
 ToolMode = Literal["off", "none", "auto", "required", "named"]
@@ -92,14 +94,6 @@ def calls_from_json(text: str, mode: ToolMode, named: str | None = None) -> list
     return []
 
 
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `marker`."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-n:]):
-            return n
-    return 0
-
-
 @dataclass
 class ToolCallCollector:
     """One choice's content stream: passes content through and keeps back what may be tool calls.
@@ -131,7 +125,7 @@ class ToolCallCollector:
         if idx >= 0:
             out, self._held, self._in_calls = self._held[:idx], self._held[idx:], True
         else:
-            keep = _partial_suffix(self._held, TOOL_CALLS_BEGIN)
+            keep = partial_tag_len(self._held, TOOL_CALLS_BEGIN)
             out, self._held = self._held[: len(self._held) - keep], self._held[len(self._held) - keep :]
         self._sent.append(out)
         return out
@@ -154,11 +148,11 @@ class ToolCallCollector:
         return (found.content or "")[len(sent) :]
 
 
-def tool_call_dicts(calls: list[ToolCall], start: int = 0) -> list[dict[str, Any]]:
+def tool_call_dicts(calls: list[ToolCall]) -> list[dict[str, Any]]:
     """Calls as stream `delta.tool_calls` entries (index, id, type, function)."""
     return [
         {
-            "index": start + i,
+            "index": i,
             "id": c.id,
             "type": "function",
             "function": {"name": c.name, "arguments": c.arguments},

@@ -24,6 +24,8 @@ import importlib
 import typing
 from typing import Any
 
+from chimera_serve.reasoning import THINK_CLOSE, THINK_OPEN
+
 
 @functools.cache
 def version() -> str:
@@ -71,7 +73,7 @@ def reasoning_engine_args() -> dict[str, Any]:
     config_cls = _first_import("vllm.config.reasoning:ReasoningConfig", "vllm.config:ReasoningConfig")
     if config_cls is None or "reasoning_config" not in engine_arg_fields():
         return {}
-    return {"reasoning_config": config_cls(reasoning_start_str="<think>", reasoning_end_str="</think>")}
+    return {"reasoning_config": config_cls(reasoning_start_str=THINK_OPEN, reasoning_end_str=THINK_CLOSE)}
 
 
 def speculative_config(num_tokens: int) -> dict[str, Any]:

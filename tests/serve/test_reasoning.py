@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from chimera_serve.reasoning import ThinkSplitter, _partial_tag_len, prompt_opens_think, split_text
+from chimera_serve.reasoning import ThinkSplitter, partial_tag_len, prompt_opens_think, split_text
 
 # (generated text, prompt_opened) -> (reasoning, content, outcome); reasoning None when no section opened.
 CASES = [
@@ -159,7 +159,7 @@ def test_partial_tag_len_matches_the_definition(tag):
     for _ in range(3000):
         text = "".join(rng.choice(tag + "ab <") for _ in range(rng.randint(0, 12)))
         longest = max((n for n in range(1, len(tag)) if text.endswith(tag[:n])), default=0)
-        assert _partial_tag_len(text, tag) == longest, text
+        assert partial_tag_len(text, tag) == longest, text
 
 
 @pytest.mark.parametrize(
